@@ -1,0 +1,73 @@
+"""Loading and saving Hugging Face models and tokenizers by local path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlhfkit.config.common import LoraConfig, ModelConfig
+
+
+def load_tokenizer(path: str | Path):
+    """Tokenizer with a pad token (EOS when it has none: masks then come from lengths, never from
+    `ids == pad_id`)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str | Path, dtype=None):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+
+
+def disable_dropout(model) -> None:
+    """Zero every dropout probability (modules and config fields): RM and PPO train without dropout."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    config = getattr(model, "config", None)
+    for key in ("attention_dropout", "hidden_dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop", "dropout",
+                "hidden_dropout_prob", "attention_probs_dropout_prob"):
+        if config is not None and isinstance(getattr(config, key, None), float):
+            setattr(config, key, 0.0)
+
+
+def apply_lora(model, cfg: LoraConfig, task_type: str = "CAUSAL_LM"):
+    """Wrap `model` with PEFT LoRA adapters (all linear layers unless target_modules is given)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                              target_modules=cfg.target_modules or "all-linear", task_type=task_type)
+    return get_peft_model(model, peft_cfg)
+
+
+def load_or_build_policy(cfg: ModelConfig, corpus_fn, seed: int):
+    """(model, tokenizer) from `cfg.path`, or a tiny model built from `cfg.tiny` with a tokenizer
+    trained on `corpus_fn(n_lines)` (the task's text)."""
+    if cfg.path:
+        model, tokenizer = load_causal_lm(cfg.path), load_tokenizer(cfg.path)
+    else:
+        from rlhfkit.models.tiny import build_tiny_causal_lm
+
+        model, tokenizer = build_tiny_causal_lm(cfg.tiny, corpus_fn(cfg.tiny.tokenizer_lines), seed)
+    if cfg.disable_dropout:
+        disable_dropout(model)
+    return model, tokenizer
+
+
+def save_hf(model, tokenizer, out_dir: str | Path) -> Path:
+    """Save as a standard Hugging Face directory (safetensors); LoRA adapters are merged first."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    return out

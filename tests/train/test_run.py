@@ -1,0 +1,32 @@
+"""The run-directory contract: metrics rows, summary, atomic writes, resume truncation."""
+
+import json
+
+from rlhfkit.train.run import RunDir, latest_checkpoint, read_metrics
+
+
+def test_metrics_summary_and_tensorboard(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.save_config({"a": 1}, {"steps": 3})
+    run.log(1, {"train/loss": 2.0})
+    run.log(2, {"train/loss": 1.5, "eval/loss": float("nan")})
+    run.write_summary({"eval_loss": 1.5})
+    run.close()
+    rows = read_metrics(tmp_path / "r")
+    assert [r["step"] for r in rows] == [1, 2] and rows[1]["train/loss"] == 1.5 and rows[1]["eval/loss"] == "nan"
+    assert json.loads((tmp_path / "r" / "summary.json").read_text()) == {"eval_loss": 1.5}
+    assert "derived" in (tmp_path / "r" / "config.yaml").read_text()
+    assert any((tmp_path / "r" / "tb").iterdir())
+
+
+def test_truncate_on_resume_and_incomplete_checkpoints_ignored(tmp_path):
+    run = RunDir(tmp_path, tensorboard=False)
+    for step in range(1, 6):
+        run.log(step, {"x": step})
+    run.truncate_metrics(3)
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+    (tmp_path / "checkpoints" / "step-00000002").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step-00000002" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoints" / ".tmp-step-00000004").mkdir()  # a save killed half-way
+    (tmp_path / "checkpoints" / "step-00000003").mkdir()  # no trainer state: incomplete
+    assert latest_checkpoint(tmp_path).name == "step-00000002"
