@@ -52,6 +52,63 @@ def sft(args: Optional[list[str]] = typer.Argument(None, help=ARGS_HELP)) -> Non
 
 
 @app.command()
+def sample(args: Optional[list[str]] = typer.Argument(None, help=ARGS_HELP)) -> None:
+    """Sample K candidate responses per prompt from one or several model variants."""
+    from rlhfkit.config.sample import SampleConfig
+    from rlhfkit.rollout.candidates import sample_candidates
+
+    _print_summary(sample_candidates(_load(SampleConfig, args)))
+
+
+@app.command("label-auto")
+def label_auto(args: Optional[list[str]] = typer.Argument(None, help=ARGS_HELP)) -> None:
+    """Label candidate sets with a judge (simulated annotators, a Python callable or a reward model)."""
+    from rlhfkit.config.judge import JudgeLabelConfig
+    from rlhfkit.eval.label_auto import label_candidates
+
+    _print_summary(label_candidates(_load(JudgeLabelConfig, args)))
+
+
+@app.command()
+def rm(args: Optional[list[str]] = typer.Argument(None, help=ARGS_HELP)) -> None:
+    """Train a reward model (Bradley–Terry or Plackett–Luce) on preference data."""
+    from rlhfkit.config.rm import RMConfig
+    from rlhfkit.train.rm import train_rm
+
+    _print_summary(train_rm(_load(RMConfig, args)))
+
+
+@app.command()
+def ppo(args: Optional[list[str]] = typer.Argument(None, help=ARGS_HELP)) -> None:
+    """Optimise the SFT policy against the reward model (PPO, GRPO, RLOO, REINFORCE++)."""
+    from rlhfkit.config.ppo import PPOConfig
+    from rlhfkit.train.ppo import TrainingStopped, train_ppo
+
+    try:
+        _print_summary(train_ppo(_load(PPOConfig, args)))
+    except TrainingStopped as exc:
+        typer.secho(f"PPO stopped: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command("eval")
+def evaluate(args: Optional[list[str]] = typer.Argument(None, help=ARGS_HELP)) -> None:
+    """Evaluate models: RM and gold reward, KL, win rate with intervals, perplexity, length, diversity."""
+    from rlhfkit.config.eval import EvalConfig
+    from rlhfkit.eval.evaluate import evaluate_models
+
+    _print_summary(evaluate_models(_load(EvalConfig, args)))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def annotate(ctx: typer.Context) -> None:
+    """The annotation web app: serve, create-project, add-batch, add-annotator, revoke, stats, export."""
+    from rlhfkit.label.cli import app as label_app
+
+    label_app(ctx.args, prog_name="rlhfkit annotate")
+
+
+@app.command()
 def demo(
     args: Optional[list[str]] = typer.Argument(None, help=ARGS_HELP),
     out: str = typer.Option("runs/demo", "--out", help="Directory that keeps every stage's run directory."),

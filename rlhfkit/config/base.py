@@ -93,9 +93,31 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`update` laid over `base`: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _defaults(cls: type[BaseModel]) -> dict[str, Any]:
+    """The defaults of every field that has one (nested sections as plain data)."""
+    out = {}
+    for name, field in cls.model_fields.items():
+        if field.is_required():
+            continue
+        value = field.get_default(call_default_factory=True)
+        out[name] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+    return out
+
+
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
-    """Load a stage config: defaults ← YAML file (optional) ← `key=value` overrides, then validate."""
-    data = read_yaml(path) if path is not None else {}
+    """Load a stage config: defaults ← YAML file (optional) ← `key=value` overrides, then validate.
+
+    The layers merge key by key, so overriding `run.out_dir` keeps the other `run` fields at the
+    stage's own defaults (which may differ from the section class's defaults)."""
+    data = deep_merge(_defaults(cls), read_yaml(path) if path is not None else {})
     overrides = list(overrides or [])
     source = str(path) if path is not None else "<defaults>"
     if overrides:

@@ -13,9 +13,15 @@ from rlhfkit.config.base import Section
 def stage_configs() -> dict[str, type[Section]]:
     """Stage name → config class, in pipeline order."""
     from rlhfkit.config.demo import DemoConfig
+    from rlhfkit.config.eval import EvalConfig
+    from rlhfkit.config.judge import JudgeLabelConfig
+    from rlhfkit.config.ppo import PPOConfig
+    from rlhfkit.config.rm import RMConfig
+    from rlhfkit.config.sample import SampleConfig
     from rlhfkit.config.sft import SFTConfig
 
-    return {"sft": SFTConfig, "demo": DemoConfig}
+    return {"sft": SFTConfig, "sample": SampleConfig, "judge": JudgeLabelConfig, "rm": RMConfig,
+            "ppo": PPOConfig, "eval": EvalConfig, "demo": DemoConfig}
 
 
 def _type_name(annotation) -> str:

@@ -10,29 +10,20 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from rlhfkit.data.schemas import Message
-
-
-def _messages(prompt) -> list[dict[str, str]]:
-    if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    return [m.model_dump() if isinstance(m, Message) else dict(m) for m in prompt]
+from rlhfkit.data.chat import PLAIN_SEP, prompt_to_messages, render_plain
 
 
 def plain_prompt_text(prompt) -> str:
-    """The prompt as text for a tokenizer without a chat template (turns joined with role labels)."""
-    if isinstance(prompt, str):
-        return prompt
-    msgs = _messages(prompt)
-    if len(msgs) == 1 and msgs[0]["role"] == "user":
-        return msgs[0]["content"]
-    return "\n".join(f"{m['role']}: {m['content']}" for m in msgs) + "\nassistant:"
+    """The prompt as text for a tokenizer without a chat template: `render_plain` without the
+    separator it puts before a response (the response tokens follow directly)."""
+    return render_plain(prompt, "", PLAIN_SEP)[: -len(PLAIN_SEP)]
 
 
 def encode_prompt(tokenizer, prompt) -> list[int]:
     """Token ids of a prompt (text or messages), ready for the response to follow."""
     if getattr(tokenizer, "chat_template", None):
-        out = tokenizer.apply_chat_template(_messages(prompt), add_generation_prompt=True, tokenize=True)
+        messages = [m.model_dump() for m in prompt_to_messages(prompt)]
+        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return list(out["input_ids"] if hasattr(out, "keys") else out)
     return tokenizer(plain_prompt_text(prompt), add_special_tokens=False)["input_ids"]
 

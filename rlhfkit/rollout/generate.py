@@ -54,7 +54,7 @@ def generate(
     ids, mask = left_pad(prompts, pad_id)
     device = next(model.parameters()).device
     ids, mask = ids.to(device), mask.to(device)
-    sampling = {} if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
+    sampling = {} if greedy else dict(temperature=temperature, top_p=top_p, top_k=top_k)
     out = model.generate(
         input_ids=ids, attention_mask=mask.long(), max_new_tokens=max_new_tokens,
         do_sample=not greedy, eos_token_id=eos_id, pad_token_id=pad_id,

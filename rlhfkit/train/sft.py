@@ -18,6 +18,8 @@ import torch
 from rlhfkit.config.base import config_to_dict
 from rlhfkit.config.sft import SFTConfig
 from rlhfkit.data.collate import right_pad
+from rlhfkit.data.errors import SkipReport
+from rlhfkit.data.lengths import check_token_lengths
 from rlhfkit.models.loading import load_or_build_policy, save_hf
 from rlhfkit.models.text import encode_prompt, encode_response
 from rlhfkit.rollout.sampling import sample_responses
@@ -54,6 +56,8 @@ def unigram_cross_entropy(train: list[TokenizedExample], held_out: list[Tokenize
     counts = Counter(t for e in train for t in e.response_ids)
     total = sum(counts.values()) + vocab_size
     tokens = [t for e in held_out for t in e.response_ids]
+    if not tokens:
+        raise ValueError("no held-out SFT examples are left (all skipped?): the unigram baseline needs some")
     return -sum(math.log((counts[t] + 1) / total) for t in tokens) / len(tokens)
 
 
@@ -62,52 +66,47 @@ def held_out_loss(model, examples: list[TokenizedExample], pad_id: int, batch_si
     """Mean response-token NLL (nats) over `examples`."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
-        ids, mask, loss_mask = sft_batch(examples[start : start + batch_size], pad_id)
+        ids, mask, loss_mask = (t.to(device) for t in sft_batch(examples[start : start + batch_size], pad_id))
         total += float(response_nll_sum(model, ids, mask, loss_mask))
         count += int(loss_mask[:, 1:].sum())
     model.train(was_training)
     return total / count
 
 
-def tokenize_sft(records, tokenizer, max_seq_len: int, on_error: str, source: str, skips: Counter):
-    """Tokenise SFT records; too-long ones raise (naming source, record and length) or are counted."""
-    out = []
-    for index, rec in enumerate(records):
-        example = TokenizedExample(encode_prompt(tokenizer, rec.prompt), encode_response(tokenizer, rec.response))
-        length = len(example.prompt_ids) + len(example.response_ids)
-        if length > max_seq_len:
-            if on_error == "raise":
-                raise ValueError(f"{source}:{index + 1}: field 'response': {length} tokens after tokenisation "
-                                 f"exceed data.max_seq_len={max_seq_len}")
-            skips["too_long"] += 1
-            continue
-        out.append(example)
-    return out
+def tokenize_sft(records, tokenizer, max_seq_len: int, on_error: str, source: str, skips: SkipReport):
+    """Tokenise SFT records; a too-long one raises a `DataError` naming `source:N` and the field,
+    or is counted in `skips` under `too_long`."""
+    def count(prompt, response):
+        return len(encode_prompt(tokenizer, prompt)) + (len(encode_response(tokenizer, response)) if response else 0)
+
+    kept, _ = check_token_lengths(records, count, max_seq_len, source=source, on_error=on_error, skips=skips)
+    return [TokenizedExample(encode_prompt(tokenizer, r.prompt), encode_response(tokenizer, r.response)) for r in kept]
 
 
 def load_sft_records(cfg: SFTConfig):
-    """(train records, held-out records, held-out prompts, task or None, source name)."""
+    """(train records, held-out records, task or None, source name, skipped-record report)."""
+    from rlhfkit.data import read_records
     from rlhfkit.tasks import get_task
 
     data = cfg.data
     task = get_task(data.task, seed=data.task_seed) if data.task else None
     if data.train_path:
-        from rlhfkit.data import read_records
-
-        train, _ = read_records(data.train_path, kind="sft", on_error="raise")
+        train, skips = read_records(data.train_path, kind="sft", on_error=data.on_error)
         if data.eval_path:
-            held, _ = read_records(data.eval_path, kind="sft", on_error="raise")
+            held, held_skips = read_records(data.eval_path, kind="sft", on_error=data.on_error)
+            skips.merge(held_skips)
         else:
             cut = max(1, int(len(train) * data.eval_fraction))
             train, held = train[cut:], train[:cut]
-        return train[: data.n_train], held[: data.n_eval], task, data.train_path
+        return train[: data.n_train], held[: data.n_eval], task, data.train_path, skips
     if task is None:
         raise ValueError("SFT needs data.task or data.train_path")
     train = task.sft_examples(data.n_train, split="train")
     held = task.sft_examples(data.n_eval, split="eval")
-    return train, held, task, f"task:{task.name}"
+    return train, held, task, f"task:{task.name}", SkipReport()
 
 
 def gold_of_samples(model, tokenizer, task, prompts, cfg: SFTConfig):
@@ -124,10 +123,9 @@ def train_sft(cfg: SFTConfig) -> dict:
     """Run SFT end to end into `cfg.run.out_dir`; return the summary."""
     accelerator = make_accelerator(cfg.run)
     seed_everything(cfg.run.seed)
-    train_recs, held_recs, task, source = load_sft_records(cfg)
+    train_recs, held_recs, task, source, skips = load_sft_records(cfg)
     corpus = task.corpus if task else (lambda n: [f"{r.prompt} {r.response}" for r in train_recs[:n]])
     model, tokenizer = load_or_build_policy(cfg.model, corpus, cfg.run.seed)
-    skips: Counter = Counter()
     train = tokenize_sft(train_recs, tokenizer, cfg.data.max_seq_len, cfg.data.on_error, source, skips)
     held = tokenize_sft(held_recs, tokenizer, cfg.data.max_seq_len, cfg.data.on_error, source + "(eval)", skips)
 
@@ -135,7 +133,7 @@ def train_sft(cfg: SFTConfig) -> dict:
     total_steps = cfg.max_steps or max(1, int(cfg.epochs * (len(train) // cfg.batch_size)))
     derived = {"grad_accum_steps": plan.grad_accum_steps, "effective_batch_size": cfg.batch_size,
                "num_processes": plan.num_processes, "optimizer_steps": total_steps, "train_examples": len(train),
-               "eval_examples": len(held), "skipped": dict(skips)}
+               "eval_examples": len(held), "skipped": skips.as_dict()}
     run = RunDir(cfg.run.out_dir, is_main=accelerator.is_main_process)
     run.save_config(config_to_dict(cfg), derived)
     print_effective_config("sft", config_to_dict(cfg), derived, accelerator.is_main_process)
@@ -187,7 +185,7 @@ def train_sft(cfg: SFTConfig) -> dict:
     if eval_prompts:
         summary["gold_reward_before"] = state["gold_reward_before"]
         summary["gold_reward_after"], _ = gold_of_samples(final, tokenizer, task, eval_prompts, cfg)
-    summary["skipped"] = dict(skips)
+    summary["skipped"] = skips.as_dict()
     if accelerator.is_main_process:
         save_hf(final, tokenizer, run.model_dir)
         summary["model"] = str(run.model_dir)

@@ -70,3 +70,9 @@ def test_every_field_is_documented():
 
     missing = [f"{stage}:{key}" for stage, cls in stage_configs().items() for key, doc in walk(cls) if not doc]
     assert not missing, f"fields without a docstring: {missing}"
+
+
+def test_override_keeps_the_stage_defaults_of_its_section():
+    # SFTConfig's own run defaults (out_dir=runs/sft) survive an override of another run field.
+    cfg = load_config(SFTConfig, None, ["run.seed=3"])
+    assert (cfg.run.seed, cfg.run.out_dir) == (3, "runs/sft")

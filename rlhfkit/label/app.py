@@ -1,0 +1,371 @@
+"""The FastAPI application: annotator API, admin API, and the static pages.
+
+Auth is a bearer token in the `Authorization` header, sent by the page's `fetch` calls. Browsers
+never attach it on their own, so a cross-site form cannot forge a vote (no cookies, no CSRF
+token needed). Annotator endpoints only ever read rows of the caller; admin endpoints need the
+admin token. Every response carries a strict content-security policy.
+
+Database calls are short and run inline on the event loop: with SQLite, one process and one
+writer is the fastest arrangement (no thread hops, no lock contention), and a vote's COMMIT
+happens before its acknowledgement is sent.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import Engine, func, select
+
+from rlhfkit.label import assign, store
+from rlhfkit.label.answers import STRENGTH_LEVELS, AnswerError, SkipIn, StorableText, VoteIn
+from rlhfkit.label.projects import (
+    ConflictError, NotFoundError, ProjectError, add_annotator, is_admin_token, revoke,
+)
+
+MAX_BODY_BYTES = 128 * 1024
+"""Largest request body accepted; bigger ones get 413 before any parsing. Every schema-valid
+vote fits: 16,000 characters of critique + edit at ≤ 6 bytes each once JSON-escaped."""
+MAX_ID = 2**31 - 1
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+       "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+SECURITY_HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+]
+STATIC_FILES = {"app.js": "text/javascript", "admin.js": "text/javascript",
+                "style.css": "text/css", "index.html": "text/html", "admin.html": "text/html"}
+"""The only files served (by name, from the package): no user-controlled paths at all."""
+
+
+class Guard:
+    """Pure ASGI middleware: body-size cap (413) and security headers on every response."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS
+            await send(message)
+
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return await _too_large(send_with_headers)
+        if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            body = b""
+            while True:  # chunked upload: read at most the cap, then replay it to the app
+                msg = await receive()
+                body += msg.get("body", b"")
+                if len(body) > MAX_BODY_BYTES:
+                    return await _too_large(send_with_headers)
+                if not msg.get("more_body"):
+                    break
+            receive = _replay(body)
+        await self.app(scope, receive, send_with_headers)
+
+
+async def _too_large(send: Any) -> None:
+    body = json.dumps({"detail": f"request body too large (limit {MAX_BODY_BYTES} bytes)"}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _replay(body: bytes) -> Any:
+    sent = False
+
+    async def receive() -> dict:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+    return receive
+
+
+class ErrorOut(BaseModel):
+    detail: Any
+    """What went wrong: a message, or FastAPI's list of field errors (422)."""
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": why} for code, why in (
+        (400, "Invalid admin request"),
+        (401, "Missing, malformed, unknown or revoked token"),
+        (403, "Admin token required"),
+        (404, "No such project, annotator or task (or the task is not yours)"),
+        (409, "Already voted on or skipped; or the name exists already"),
+        (413, "Request body too large"),
+        (422, "Invalid input"))}
+
+
+class MessageOut(BaseModel):
+    role: str
+    content: str
+
+
+class ResponseOut(BaseModel):
+    position: int
+    """1-based shown position (“Response 1” …)."""
+    text: str
+    """The model's text; render as text, never as HTML."""
+
+
+class TaskOut(BaseModel):
+    task_id: int
+    kind: str
+    seq: int
+    """This annotator's item number."""
+    prompt: str | list[MessageOut]
+    responses: list[ResponseOut]
+
+
+class ProgressOut(BaseModel):
+    done: int
+    skipped: int
+
+
+class NextOut(BaseModel):
+    task: TaskOut | None
+    """The next task, or null when there is nothing left for you."""
+    progress: ProgressOut
+
+
+class MeOut(BaseModel):
+    annotator: str
+    project: str
+    kind: str
+    guidelines_html: str
+    strength_levels: list[str] | None
+    progress: ProgressOut
+
+
+class NewAnnotatorIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: StorableText = Field(min_length=1, max_length=200)
+
+
+def _json(obj: Any) -> Response:
+    return Response(json.dumps(obj, ensure_ascii=False, separators=(",", ":")),
+                    media_type="application/json")
+
+
+def _parse(model: type[BaseModel], raw: bytes) -> Any:
+    """Validate a JSON body; errors become FastAPI's usual 422 (locations under `body`)."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as err:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in err.errors(include_url=False)]) from None
+
+
+def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": schema}}}}
+
+
+def _task_param() -> Any:
+    # A fresh Path() per parameter: FastAPI must not share one FieldInfo between parameters.
+    return Path(ge=1, le=MAX_ID)
+
+
+def _name_param() -> Any:
+    return Path(min_length=1, max_length=200)
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization or not authorization.startswith("Bearer ") or len(authorization) > 200:
+        raise HTTPException(401, "missing or malformed `Authorization: Bearer <token>` header",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return authorization[len("Bearer "):]
+
+
+def render_guidelines(markdown: str) -> str:
+    """Guidelines as HTML with raw HTML in the source escaped (markdown-it, `html` off)."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).render(markdown)
+
+
+def create_app(engine: Engine) -> FastAPI:
+    """The app over an already migrated store (see `store.open_store`)."""
+    app = FastAPI(title="rlhfkit annotation", version="1", docs_url=None, redoc_url=None,
+                  responses=ERROR_RESPONSES)
+
+    async def annotator(request: Request) -> assign.Annotator:
+        token = _bearer(request.headers.get("authorization"))
+        with engine.connect() as conn:
+            who = assign.authenticate(conn, token)
+        if who is None:
+            raise HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
+        return who
+
+    async def admin(request: Request) -> None:
+        token = _bearer(request.headers.get("authorization"))
+        with engine.connect() as conn:
+            if not is_admin_token(conn, token):
+                raise HTTPException(403, "admin token required")
+
+    _errors(app)
+    _annotator_routes(app, engine, annotator)
+    _admin_routes(app, engine, admin)
+    _static_routes(app)
+    app.add_middleware(Guard)
+    return app
+
+
+def _errors(app: FastAPI) -> None:
+    def handler(status: int):
+        async def handle(_request: Request, exc: Exception) -> JSONResponse:
+            return JSONResponse({"detail": str(exc)}, status_code=status)
+        return handle
+
+    app.add_exception_handler(assign.NotFound, handler(404))
+    app.add_exception_handler(assign.AlreadySubmitted, handler(409))
+    app.add_exception_handler(AnswerError, handler(422))
+    app.add_exception_handler(NotFoundError, handler(404))
+    app.add_exception_handler(ConflictError, handler(409))
+    app.add_exception_handler(ProjectError, handler(400))
+
+
+def _annotator_routes(app: FastAPI, engine: Engine, annotator: Any) -> None:
+
+    @app.get("/api/v1/me", response_model=MeOut)
+    async def me(who: assign.Annotator = Depends(annotator)) -> dict:
+        with engine.connect() as conn:
+            prog = assign.progress(conn, who)
+        strength = who.kind in ("pairwise", "ab_eval") and who.settings.with_strength
+        return {"annotator": who.name, "project": who.project_name, "kind": who.kind,
+                "guidelines_html": render_guidelines(who.guidelines_md),
+                "strength_levels": list(STRENGTH_LEVELS) if strength else None, "progress": prog}
+
+    # The hot endpoints build their JSON directly (the schema is declared for OpenAPI, not
+    # re-validated on the way out: the dicts come from our own code, not from the client).
+    hot = {"response_model": None, "responses": {200: {"model": NextOut}}}
+
+    def next_out(conn: Any, who: assign.Annotator, after_seq: int | None = None) -> Response:
+        task = assign.next_task(conn, who, after_seq)
+        return _json({"task": task, "progress": assign.progress(conn, who)})
+
+    # The vote path skips FastAPI's dependency and body machinery (a third of a vote's CPU):
+    # auth and body parsing are done inline, with the same 401 / 422 answers, and the body
+    # schema is declared for OpenAPI by hand.
+    def who_of(request: Request) -> assign.Annotator:
+        token = _bearer(request.headers.get("authorization"))
+        with engine.connect() as conn:
+            who = assign.authenticate(conn, token)
+        if who is None:
+            raise HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
+        return who
+
+    @app.get("/api/v1/tasks/next", **hot)
+    async def next_task(request: Request) -> Response:
+        who = who_of(request)
+        with engine.begin() as conn:
+            return next_out(conn, who)
+
+    @app.post("/api/v1/tasks/{task_id}/vote", **hot, openapi_extra=_body_doc(VoteIn))
+    async def vote(request: Request, task_id: int = _task_param()) -> Response:
+        """Record a vote; the answer carries the next task so the page needs one round trip."""
+        who = who_of(request)
+        body = _parse(VoteIn, await request.body())
+        with engine.begin() as conn:
+            return next_out(conn, who, assign.submit_vote(conn, who, task_id, body))
+
+    @app.post("/api/v1/tasks/{task_id}/skip", **hot, openapi_extra=_body_doc(SkipIn))
+    async def skip(request: Request, task_id: int = _task_param()) -> Response:
+        who = who_of(request)
+        body = _parse(SkipIn, await request.body())
+        with engine.begin() as conn:
+            return next_out(conn, who, assign.skip_task(conn, who, task_id, body))
+
+    @app.get("/api/v1/votes")
+    async def my_votes(who: assign.Annotator = Depends(annotator)) -> list[dict]:
+        """Your own votes and skips, in the shown positions you gave them."""
+        with engine.connect() as conn:
+            return assign.my_votes(conn, who)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"ok": True}
+
+
+def _admin_routes(app: FastAPI, engine: Engine, admin: Any) -> None:
+    guard = [Depends(admin)]
+
+    @app.get("/api/v1/admin/projects", dependencies=guard)
+    async def projects() -> list[dict]:
+        P, T, A = store.project, store.task, store.assignment
+        with engine.connect() as conn:
+            rows = conn.execute(select(P.c.name, P.c.kind, P.c.id)).all()
+            out = []
+            for r in rows:
+                n_tasks = conn.execute(select(func.count()).where(T.c.project_id == r.id)).scalar()
+                n_votes = conn.execute(select(func.count()).select_from(A).join(T).where(
+                    T.c.project_id == r.id, A.c.status == "voted")).scalar()
+                out.append({"name": r.name, "kind": r.kind, "tasks": n_tasks, "votes": n_votes})
+        return out
+
+    @app.get("/api/v1/admin/projects/{name}/report", dependencies=guard)
+    async def report(name: str = _name_param()) -> dict:
+        from rlhfkit.label.report import project_report
+
+        return project_report(engine, name)
+
+    @app.get("/api/v1/admin/projects/{name}/export", dependencies=guard)
+    async def export(name: str = _name_param(),
+                     what: Literal["raw", "aggregated"] = Query("raw")) -> list[dict]:
+        from rlhfkit.label.export import export_records
+
+        return [r.model_dump(mode="json") for r in export_records(engine, name, what)]
+
+    @app.post("/api/v1/admin/projects/{name}/annotators", dependencies=guard)
+    async def new_annotator(body: NewAnnotatorIn, name: str = _name_param()) -> dict:
+        token = add_annotator(engine, name, body.name)
+        return {"name": body.name, "token": token, "invite_path": f"/#token={token}"}
+
+    @app.post("/api/v1/admin/projects/{name}/annotators/{annotator}/revoke", dependencies=guard)
+    async def revoke_annotator(name: str = _name_param(), annotator: str = _name_param()) -> dict:
+        revoke(engine, name, annotator)
+        return {"revoked": annotator}
+
+
+def _static_routes(app: FastAPI) -> None:
+    files = resources.files("rlhfkit.label") / "static"
+    cache = {name: files.joinpath(name).read_bytes() for name in STATIC_FILES}
+
+    def serve(name: str) -> Response:
+        return Response(cache[name], media_type=STATIC_FILES[name])
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        return serve("index.html")
+
+    @app.get("/admin", include_in_schema=False)
+    async def admin_page() -> Response:
+        return serve("admin.html")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return Response(status_code=204)  # no icon; answering keeps browser consoles clean
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> Response:
+        if name not in cache:
+            raise HTTPException(404, "no such file")
+        return serve(name)

@@ -1,0 +1,194 @@
+"""`rlhfkit annotate …`: serve the annotation app and administer projects from the shell.
+
+Every command works on one store: `--dir` (a project directory holding `annotation.db`, SQLite)
+or `--db` (a database URL, e.g. `postgresql://user@host/db`). Whoever can run these commands
+on the store is an admin; the HTTP admin API needs the admin token printed at first `serve`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Collect human preferences in the browser: projects, annotators, export.",
+                  no_args_is_help=True)
+
+DirOpt = typer.Option(Path("annotation"), "--dir", envvar="RLHFKIT_ANNOTATION_DIR",
+                      help="Project directory holding the SQLite store.")
+DbOpt = typer.Option(None, "--db", envvar="RLHFKIT_ANNOTATION_DB",
+                     help="Database URL (overrides --dir), e.g. postgresql://user@host/db.")
+
+
+def _engine(directory: Path, db: Optional[str]):
+    from rlhfkit.label import store
+
+    return store.open_store(db or store.default_url(directory))
+
+
+def read_candidate_sets(path: Path) -> list:
+    """CandidateSet records from a JSONL file; errors name the file and line."""
+    from pydantic import ValidationError
+
+    from rlhfkit.data.schemas import CandidateSet
+
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    out.append(CandidateSet.model_validate_json(line))
+                except ValidationError as err:
+                    raise typer.BadParameter(f"{path}:{n}: {err}") from err
+    return out
+
+
+def _fail(err: Exception) -> None:
+    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def serve(directory: Path = DirOpt, db: Optional[str] = DbOpt,
+          host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default)."),
+          port: int = typer.Option(8000, help="TCP port."),
+          rotate_admin_token: bool = typer.Option(False, help="Issue a new admin token.")) -> None:
+    """Start the annotation server (FastAPI under uvicorn)."""
+    from rlhfkit.label.server import run
+
+    try:
+        if not ipaddress.ip_address(host).is_loopback:
+            typer.secho(f"warning: listening on {host}: put a TLS reverse proxy in front; tokens "
+                        "travel in clear over plain HTTP", fg=typer.colors.YELLOW, err=True)
+    except ValueError:
+        pass
+    run(_engine(directory, db), host, port, rotate_admin_token=rotate_admin_token)
+
+
+@app.command("create-project")
+def create_project(
+    name: str = typer.Argument(..., help="Project name."),
+    candidates: Path = typer.Option(..., exists=True, help="JSONL of CandidateSet records."),
+    kind: str = typer.Option("pairwise", help="pairwise | ranking | rating | bws | ab_eval."),
+    guidelines: Optional[Path] = typer.Option(None, exists=True, help="Markdown guidelines."),
+    overlap: int = typer.Option(1, help="Annotations wanted per task."),
+    gold_share: float = typer.Option(0.0, help="Share of items drawn from gold sets (meta.gold)."),
+    repeat_share: float = typer.Option(0.0, help="Share of items repeated with swapped order."),
+    strength: bool = typer.Option(True, help="Ask for preference strength (pairwise)."),
+    seed: int = typer.Option(0, help="Seed of shown orders, gold and repeat draws."),
+    directory: Path = DirOpt, db: Optional[str] = DbOpt,
+) -> None:
+    """Create a project from a candidates file."""
+    from rlhfkit.label import projects
+
+    settings = projects.ProjectSettings(overlap=overlap, gold_share=gold_share,
+                                        repeat_share=repeat_share, with_strength=strength)
+    md = guidelines.read_text(encoding="utf-8") if guidelines else ""
+    try:
+        engine = _engine(directory, db)
+        projects.create_project(engine, name, kind, read_candidate_sets(candidates), md, settings, seed)
+    except projects.ProjectError as err:
+        _fail(err)
+    typer.echo(f"created {kind} project {name!r}")
+
+
+@app.command("add-batch")
+def add_batch(name: str = typer.Argument(..., help="Project name."),
+              candidates: Path = typer.Option(..., exists=True, help="JSONL of CandidateSet."),
+              directory: Path = DirOpt, db: Optional[str] = DbOpt) -> None:
+    """Add candidate sets to a live project."""
+    from rlhfkit.label import projects
+
+    try:
+        n = projects.add_batch(_engine(directory, db), name, read_candidate_sets(candidates))
+    except projects.ProjectError as err:
+        _fail(err)
+    typer.echo(f"added {n} tasks to {name!r}")
+
+
+@app.command("add-annotator")
+def add_annotator(project: str = typer.Argument(...), name: str = typer.Argument(...),
+                  base_url: str = typer.Option("http://127.0.0.1:8000", help="For the invite link."),
+                  directory: Path = DirOpt, db: Optional[str] = DbOpt) -> None:
+    """Register an annotator and print their token and invite link (shown once)."""
+    from rlhfkit.label import projects
+
+    try:
+        token = projects.add_annotator(_engine(directory, db), project, name)
+    except projects.ProjectError as err:
+        _fail(err)
+    typer.echo(f"token for {name}: {token}\ninvite link: {base_url.rstrip('/')}/#token={token}")
+
+
+@app.command()
+def revoke(project: str = typer.Argument(...), name: str = typer.Argument(...),
+           directory: Path = DirOpt, db: Optional[str] = DbOpt) -> None:
+    """Revoke an annotator's token (their votes are kept)."""
+    from rlhfkit.label import projects
+
+    try:
+        projects.revoke(_engine(directory, db), project, name)
+    except projects.ProjectError as err:
+        _fail(err)
+    typer.echo(f"revoked {name} in {project!r}")
+
+
+@app.command()
+def stats(project: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json"),
+          directory: Path = DirOpt, db: Optional[str] = DbOpt) -> None:
+    """Progress, agreement, position bias, gold accuracy and per-annotator flags."""
+    from rlhfkit.label import projects
+    from rlhfkit.label.report import project_report
+
+    try:
+        rep = project_report(_engine(directory, db), project)
+    except projects.ProjectError as err:
+        _fail(err)
+    if as_json:
+        typer.echo(json.dumps(rep, indent=2))
+        return
+    a = rep["agreement"]
+    typer.echo(f"{rep['project']} ({rep['kind']}): {rep['tasks_complete']}/{rep['tasks']} tasks "
+               f"complete, {rep['votes']} votes, {rep['skips']} skips, "
+               f"median {_f(rep['median_seconds'])} s/item")
+    typer.echo(f"agreement: raw {_f(a['raw'])} (without ties {_f(a['raw_without_ties'])}), "
+               f"Cohen κ {_f(a['cohen_kappa'])}, Fleiss κ {_f(a['fleiss_kappa'])}, "
+               f"Krippendorff α {_f(a['krippendorff_alpha'])}")
+    typer.echo(f"P(first shown wins) {_f(rep['position_bias']['p_first_wins'])}, "
+               f"self-consistency {_f(rep['self_consistency']['value'])}, "
+               f"gold accuracy {_f(rep['gold']['accuracy'])}")
+    for row in rep["annotator_stats"]:
+        typer.echo(f"  {row['annotator']:<20} votes {row['votes']:>5}  median "
+                   f"{_f(row['median_seconds'])} s  gold {_f(row['gold_accuracy'])}  "
+                   f"{' '.join(row['flags'])}")
+
+
+def _f(x: Optional[float]) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+@app.command()
+def export(project: str = typer.Argument(...), out: Path = typer.Option(..., help="Output path."),
+           what: str = typer.Option("raw", help="raw (per annotator) | aggregated (per task)."),
+           fmt: Optional[str] = typer.Option(
+               None, "--format", help="jsonl | json | parquet | datasets (default: from --out)."),
+           include_judges: bool = typer.Option(False, help="Also export `judge:` annotators."),
+           directory: Path = DirOpt, db: Optional[str] = DbOpt) -> None:
+    """Export votes as PreferencePair / Ranking / Rating records."""
+    from rlhfkit.label import projects
+    from rlhfkit.label.export import RECORD_KIND, export_records, write_records
+
+    if what not in ("raw", "aggregated") or fmt not in (None, "jsonl", "json", "parquet", "datasets"):
+        _fail(ValueError("--what is raw|aggregated and --format is jsonl|json|parquet|datasets"))
+    try:
+        engine = _engine(directory, db)
+        with engine.connect() as conn:
+            kind = RECORD_KIND[projects.project_row(conn, project).kind]
+        records = export_records(engine, project, what, include_judges)
+    except projects.ProjectError as err:
+        _fail(err)
+    n = write_records(records, out, fmt, kind)  # type: ignore[arg-type]
+    typer.echo(f"wrote {n} records to {out}")

@@ -1,0 +1,196 @@
+"""The annotation store: table definitions, engine set-up and schema migrations.
+
+SQLAlchemy 2 Core over SQLite (default, one file in the project directory) or PostgreSQL (by
+URL). The schema is created and upgraded only through Alembic (`migrations/`), so a store made
+by an older rlhfkit is upgraded in place when opened (`open_store`).
+
+Tables (one row each):
+- `setting`     server-wide key/value (the admin token hash).
+- `project`     one annotation project: kind, guidelines, settings JSON, seed.
+- `item`        one `CandidateSet` (prompt + candidates) of a project, tagged with its batch.
+- `candidate`   one response of an item, with its provenance (never sent to annotators).
+- `task`        one display unit: 2..K candidates of an item (or one, for rating), gold flag and
+                answer, `repeat_of` for swapped-order repeats, the overlap cap, `n_assigned`
+                (live claims: open or voted) and `is_open` (n_assigned < overlap).
+- `annotator`   a per-project annotator: pseudonym, hashed token, active flag.
+- `assignment`  a task handed to an annotator, with the shown order; it becomes the vote
+                (status `voted` / `skipped`) in place. Unique (annotator, task): one vote each.
+                `repeat_after` = the annotator's seq after which a swapped repeat is due.
+- `event`       append-only audit log of every write (triggers refuse UPDATE/DELETE).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON, Boolean, Column, Engine, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
+    UniqueConstraint, create_engine, event,
+)
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+"""How long a writer waits for another process's write lock (e.g. `add-batch` while serving)."""
+DB_FILENAME = "annotation.db"
+
+metadata = MetaData()
+
+setting = Table(
+    "setting", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+project = Table(
+    "project", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("kind", String(16), nullable=False),
+    Column("guidelines_md", Text, nullable=False),
+    Column("settings", JSON, nullable=False),
+    Column("seed", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+item = Table(
+    "item", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("project_id", ForeignKey("project.id", ondelete="CASCADE"), nullable=False),
+    Column("prompt_id", String(200), nullable=False),
+    Column("prompt", JSON, nullable=False),
+    Column("meta", JSON, nullable=False),
+    Column("batch", Integer, nullable=False),
+    UniqueConstraint("project_id", "batch", "prompt_id", name="uq_item_prompt"),
+)
+
+candidate = Table(
+    "candidate", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_id", ForeignKey("item.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("idx", Integer, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("finished", Boolean, nullable=False),
+    Column("provenance", JSON, nullable=False),
+)
+
+task = Table(
+    "task", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("project_id", ForeignKey("project.id", ondelete="CASCADE"), nullable=False),
+    Column("item_id", ForeignKey("item.id", ondelete="CASCADE"), nullable=False),
+    Column("candidate_ids", JSON, nullable=False),
+    Column("is_gold", Boolean, nullable=False),
+    Column("gold_answer", JSON, nullable=True),
+    Column("repeat_of", ForeignKey("task.id"), nullable=True, index=True),
+    Column("overlap", Integer, nullable=False),
+    Column("n_assigned", Integer, nullable=False),
+    Column("is_open", Boolean, nullable=False),
+    Column("batch", Integer, nullable=False),
+    Index("ix_task_queue", "project_id", "is_open", "is_gold", "id"),
+)
+
+annotator = Table(
+    "annotator", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("project_id", ForeignKey("project.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("pseudonym", String(32), nullable=False, unique=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("active", Boolean, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("project_id", "name", name="uq_annotator_name"),
+)
+
+assignment = Table(
+    "assignment", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("annotator_id", ForeignKey("annotator.id", ondelete="CASCADE"), nullable=False),
+    Column("task_id", ForeignKey("task.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("seq", Integer, nullable=False),
+    Column("display_order", JSON, nullable=False),
+    Column("status", String(8), nullable=False),
+    Column("issued_at", Float, nullable=False),
+    Column("submitted_at", Float, nullable=True),
+    Column("elapsed_ms", Integer, nullable=True),
+    Column("shown_answer", JSON, nullable=True),
+    Column("answer", JSON, nullable=True),
+    Column("critique", Text, nullable=True),
+    Column("edited", Text, nullable=True),
+    Column("skip_reason", Text, nullable=True),
+    Column("repeat_after", Integer, nullable=True),
+    UniqueConstraint("annotator_id", "task_id", name="uq_assignment_annotator_task"),
+    Index("ix_assignment_annotator_status", "annotator_id", "status"),
+    Index("ix_assignment_repeat", "annotator_id", "repeat_after"),
+)
+
+event_log = Table(
+    "event", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("project_id", Integer, nullable=True),
+    Column("detail", JSON, nullable=False),
+)
+
+
+def default_url(project_dir: str | os.PathLike) -> str:
+    """SQLite URL of the store file inside `project_dir` (created if missing, mode 0700)."""
+    path = Path(project_dir)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return f"sqlite:///{(path / DB_FILENAME).resolve()}"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL: readers never block the writer; synchronous=NORMAL keeps every committed transaction
+    # across a crash of the process (the WAL is written before COMMIT returns) and loses at most
+    # the last commits on power loss; busy_timeout waits for another process's write lock.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite connections get WAL, foreign keys and a busy timeout."""
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            json_serializer=_dumps,
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    try:
+        return create_engine(url, json_serializer=_dumps, pool_pre_ping=True)
+    except ModuleNotFoundError as err:
+        raise RuntimeError(
+            f"no driver for {url.split(':', 1)[0]}: install rlhfkit[postgres] ({err})") from err
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision (creates it in an empty database)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def open_store(url: str) -> Engine:
+    """Engine for `url` with the schema migrated to the newest revision."""
+    engine = make_engine(url)
+    upgrade(engine)
+    return engine

@@ -1,0 +1,144 @@
+"""Builders of the PPO stage: prompts, models (policy, reference, value function), the reward
+source and the PPO-ptx data. Each turns a config section into plain objects; the loop never reads
+the config of a component.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from rlhfkit.config.ppo import PPOConfig, RewardConfig
+from rlhfkit.models.loading import apply_lora, disable_dropout, load_causal_lm, load_tokenizer
+from rlhfkit.models.policy import (Critic, PolicyWithValueHead, Reference, critic_from_pretrained,
+                                   critic_from_reward_model)
+from rlhfkit.models.text import encode_prompt, encode_response
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Tokenised prompts: the original prompt (text or messages) and its token ids."""
+
+    prompts: list
+    ids: list[list[int]]
+
+
+def load_prompts(cfg: PPOConfig, task, tokenizer, split: str, n: int, skips: Counter) -> PromptSet:
+    """`n` prompts of a task split (or the prompt file for training), tokenised; prompts longer than
+    `data.max_prompt_tokens` are skipped and counted in `skips`."""
+    if cfg.data.prompts_path and split == "train":
+        from rlhfkit.data import read_records
+
+        records, _ = read_records(cfg.data.prompts_path, kind="prompt", on_error="raise")
+        records = records[:n]
+    elif task is not None:
+        records = task.prompts(split, n)
+    else:
+        raise ValueError("PPO needs data.task or data.prompts_path")
+    prompts, ids = [], []
+    for record in records:
+        tokens = encode_prompt(tokenizer, record.prompt)
+        if len(tokens) > cfg.data.max_prompt_tokens:
+            skips[f"{split}_prompt_too_long"] += 1
+            continue
+        prompts.append(record.prompt)
+        ids.append(tokens)
+    if not prompts:
+        raise ValueError(f"no {split} prompts left after skipping those over data.max_prompt_tokens")
+    return PromptSet(prompts, ids)
+
+
+def build_policy(cfg: PPOConfig, with_value_head: bool):
+    """(policy, reference, tokenizer): the SFT model (dropout off, LoRA optional) wrapped with an
+    optional value head, and the reference (frozen copy, or the adapters switched off)."""
+    if not cfg.policy.path:
+        raise ValueError("policy.path must point at the SFT model (the SFT stage's RUN/model)")
+    lm, tokenizer = load_causal_lm(cfg.policy.path), load_tokenizer(cfg.policy.path)
+    if cfg.policy.disable_dropout:
+        disable_dropout(lm)
+    use_lora = cfg.policy.lora.enabled
+    if use_lora:
+        lm = apply_lora(lm, cfg.policy.lora)
+    policy = PolicyWithValueHead(lm, with_value_head)
+    return policy, Reference(policy, use_adapters=use_lora), tokenizer
+
+
+def load_reward_models(paths: Sequence[str]):
+    """The reward models in `paths`, in eval mode with dropout off (c14)."""
+    from rlhfkit.models.reward import load_reward_model
+
+    models = []
+    for path in paths:
+        model = load_reward_model(path)
+        disable_dropout(model.backbone)
+        model.eval()
+        models.append(model)
+    return models
+
+
+def build_critic(cfg: PPOConfig, reward_models) -> Critic:
+    """The separate critic, initialised from the first RM or from the SFT model's trunk."""
+    critic = critic_from_reward_model(reward_models[0]) if cfg.value.init == "rm" else \
+        critic_from_pretrained(cfg.policy.path)
+    disable_dropout(critic.trunk)
+    return critic
+
+
+ScoreFn = Callable[[list, list[str], list[bool]], dict[str, torch.Tensor]]
+"""(prompts, responses, finished) → {"score": (B,) the training score, optional "raw": (B,)}."""
+
+
+def _rm_scorer(models, cfg: RewardConfig) -> ScoreFn:
+    from rlhfkit.models.reward import RewardEnsemble
+
+    ensemble = RewardEnsemble(models, mode=cfg.ensemble, uncertainty_coef=cfg.ensemble_coef)
+    gain = torch.cat([m.norm_gain.detach().cpu() for m in models]).unsqueeze(-1)
+    bias = torch.cat([m.norm_bias.detach().cpu() for m in models]).unsqueeze(-1)
+
+    def score(prompts, responses, finished):
+        raw = ensemble.score_all(prompts, responses, finished, normalized=False)  # (M, B)
+        combined = ensemble.combine(raw * gain + bias if cfg.normalized else raw)
+        return {"score": combined.float(), "raw": raw.float().mean(0)}
+
+    return score
+
+
+def _callable_scorer(spec: str) -> ScoreFn:
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"reward.callable must be 'module:function', got {spec!r}")
+    fn = getattr(importlib.import_module(module_name), attr)
+
+    def score(prompts, responses, finished):
+        out = torch.as_tensor(fn(list(prompts), list(responses), list(finished)), dtype=torch.float32)
+        if out.shape != (len(prompts),):
+            raise ValueError(f"reward callable {spec} returned shape {tuple(out.shape)}, expected ({len(prompts)},)")
+        return {"score": out}
+
+    return score
+
+
+def build_scorer(cfg: RewardConfig, task, reward_models) -> ScoreFn:
+    """The reward source as one function of text (the RM may use a different tokenizer)."""
+    if cfg.source == "rm":
+        return _rm_scorer(reward_models, cfg)
+    if cfg.source == "callable":
+        return _callable_scorer(cfg.callable)
+    if task is None:
+        raise ValueError("reward.source=gold needs a built-in task (data.task)")
+    return lambda prompts, responses, finished: {
+        "score": torch.tensor(task.gold_rewards(prompts, responses, finished), dtype=torch.float32)}
+
+
+def load_ptx_examples(cfg: PPOConfig, task, tokenizer) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, response ids) of the task's SFT demonstrations for PPO-ptx; empty when off."""
+    if cfg.ptx.coef == 0:
+        return []
+    if task is None:
+        raise ValueError("ptx.coef > 0 needs a built-in task for its SFT demonstrations")
+    return [(encode_prompt(tokenizer, ex.prompt), encode_response(tokenizer, ex.response))
+            for ex in task.sft_examples(cfg.ptx.n_examples, split="train")]

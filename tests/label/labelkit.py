@@ -1,0 +1,80 @@
+"""Helpers shared by the annotation-app tests (imported by name: tests/label is on sys.path)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+from rlhfkit.data.schemas import Candidate, CandidateSet, Provenance
+from rlhfkit.label import projects
+
+
+def candidate_sets(n: int, k: int = 2, models: tuple[str, ...] = ("sft", "ppo"),
+                   gold: dict[int, list[float]] | None = None, prefix: str = "p") -> list[CandidateSet]:
+    """n prompts with k distinct candidates each; candidate j comes from models[j % len]."""
+    gold = gold or {}
+    return [CandidateSet(
+        prompt_id=f"{prefix}{i}", prompt=f"Prompt number {i}?",
+        candidates=[Candidate(text=f"answer {i}.{j}",
+                              provenance=Provenance(model=models[j % len(models)], seed=j))
+                    for j in range(k)],
+        meta={"gold": gold[i]} if i in gold else {}) for i in range(n)]
+
+
+@dataclass
+class Setup:
+    engine: object
+    project: str
+    tokens: dict[str, str]
+    admin: str
+    extra: dict = field(default_factory=dict)
+
+    def h(self, name: str) -> dict[str, str]:
+        token = self.admin if name == "admin" else self.tokens[name]
+        return {"Authorization": f"Bearer {token}"}
+
+
+def make_setup(engine, kind: str = "pairwise", n: int = 4, k: int = 2,
+               annotators: tuple[str, ...] = ("alice", "bob"), settings=None, sets=None,
+               guidelines: str = "# Guidelines\nPick the **better** answer.", seed: int = 0) -> Setup:
+    projects.create_project(engine, "proj", kind, sets or candidate_sets(n, k), guidelines,
+                            settings or projects.ProjectSettings(overlap=2), seed=seed)
+    admin = projects.ensure_admin_token(engine)
+    tokens = {a: projects.add_annotator(engine, "proj", a) for a in annotators}
+    return Setup(engine, "proj", tokens, admin)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """uvicorn on 127.0.0.1:<free port> in a background thread; always stopped by the fixture."""
+
+    def __init__(self, engine) -> None:
+        import uvicorn
+
+        from rlhfkit.label.app import create_app
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(engine), host="127.0.0.1", port=self.port,
+                                log_level="warning", access_log=False, lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("live server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
