@@ -1,0 +1,405 @@
+"""The reward model: a Hugging Face backbone plus a linear head read at the last real token.
+
+`RewardModel` wraps any `AutoModel` backbone — the trunk of a causal LM (a local model dir, an
+SFT run's `model/`, a tiny Llama) or an encoder such as MiniLM — and a linear head with one
+output per objective. Inputs are right-padded prompt+response sequences; the reward is the head
+applied to the hidden state of each row's last real token, which is the EOS token of a finished
+response (rlhf-details b2). Because attention is causal (or masked, for encoders), that hidden
+state does not depend on how much padding follows it.
+
+The public scoring API takes *text*, so the RM may use its own tokenizer whatever the policy's
+(decoding the policy's tokens and re-encoding is the caller's business). Normalisation is stored
+with the model: `r·g + b` per head, with g and b fitted after training so that a reference
+distribution of responses scores mean 0 and std 1 (lm-human-preferences, rlhf-details b7).
+
+A saved RM directory is a standard HF directory of the backbone and tokenizer (safetensors) plus
+`reward_head.safetensors` and `reward_config.json`; `load_reward_model(dir)` restores it.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from rlhfkit.config.rm import RMModelConfig
+from rlhfkit.data.collate import right_pad
+from rlhfkit.models.loading import apply_lora, disable_dropout, load_tokenizer
+from rlhfkit.models.text import encode_prompt, encode_response, plain_prompt_text
+
+HEAD_FILE = "reward_head.safetensors"
+CONFIG_FILE = "reward_config.json"
+FORMAT_VERSION = 1
+INPUT_FORMATS = ("chat", "plain", "pair")
+
+
+@dataclass(frozen=True)
+class RMInput:
+    """One tokenised prompt+response: token ids and, for pair-encoded encoders, segment ids."""
+
+    ids: list[int]
+    type_ids: list[int] | None = None
+    prompt_len: int = 0
+    """How many leading ids are the prompt (0 = unknown): responses to one prompt can then share it."""
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) index of the last True in each row of a (B, T) mask (True = real token): T − 1 −
+    argmax(flip(mask)). For right padding it is length − 1; rows must have a real token."""
+    width = attention_mask.shape[1]
+    return width - 1 - attention_mask.long().flip(1).argmax(dim=1)
+
+
+def collate_inputs(inputs: Sequence[RMInput], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a list of inputs: `input_ids`, `attention_mask` (bool, True = real) and, when
+    the inputs carry segment ids, `token_type_ids` (padding gets segment 0)."""
+    ids, mask = right_pad([x.ids for x in inputs], pad_id)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if inputs[0].type_ids is not None:
+        batch["token_type_ids"], _ = right_pad([x.type_ids for x in inputs], 0, width=ids.shape[1])
+    return batch
+
+
+def shares_prompt(group: Sequence[RMInput]) -> bool:
+    """True when every input starts with the same, known prompt ids (none truncated differently)."""
+    p = group[0].prompt_len
+    return p > 0 and all(x.prompt_len == p and x.ids[:p] == group[0].ids[:p] for x in group)
+
+
+def collate_shared_prompt(groups: Sequence[Sequence[RMInput]], pad_id: int,
+                          float_mask_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Pack each group (K responses to one prompt, all with the same `prompt_len` prompt ids)
+    into ONE row `prompt, response_1, …, response_K`, so a causal backbone runs the prompt once.
+
+    Returns `input_ids` (G, T) right-padded; `position_ids` (G, T): the prompt at 0..P−1 and every
+    response restarting at P, as if it followed the prompt alone; `attention_mask` (G, 1, T, T)
+    True = may attend: causal, and a response token sees the prompt and its own response only
+    (padding rows see themselves, so no row is empty); `read_at` (N, 2) the (row, column) of each
+    response's last token, responses in group order; `token_mask` (G, T) True = real token.
+    With `float_mask_dtype` the mask is additive instead (0 = attend, dtype min = blocked), for
+    eager attention. The rewards equal those of separate prompt+response rows (causal attention
+    and per-response positions make every response token see the same context)."""
+    rows, positions, segments, read_at = [], [], [], []
+    for g, group in enumerate(groups):
+        if not shares_prompt(group):
+            raise ValueError("prompt sharing needs every response of a group to follow the same prompt ids")
+        p = group[0].prompt_len
+        row, pos, seg = list(group[0].ids[:p]), list(range(p)), [0] * p
+        for k, x in enumerate(group, start=1):
+            response = x.ids[p:]
+            row += response
+            pos += range(p, p + len(response))
+            seg += [k] * len(response)
+            read_at.append((g, len(row) - 1))
+        rows.append(row)
+        positions.append(pos)
+        segments.append(seg)
+    ids, token_mask = right_pad(rows, pad_id)
+    position_ids, _ = right_pad(positions, 0, width=ids.shape[1])
+    seg, _ = right_pad(segments, -1, width=ids.shape[1])
+    width = ids.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    q, kv = seg.unsqueeze(2), seg.unsqueeze(1)
+    allowed = causal & (kv >= 0) & ((kv == 0) | (kv == q))
+    allowed |= torch.eye(width, dtype=torch.bool) & ~token_mask.unsqueeze(2)
+    mask = allowed.unsqueeze(1)
+    if float_mask_dtype is not None:
+        mask = torch.zeros(mask.shape, dtype=float_mask_dtype).masked_fill(~mask, torch.finfo(float_mask_dtype).min)
+    return {"input_ids": ids, "position_ids": position_ids, "attention_mask": mask,
+            "read_at": torch.tensor(read_at, dtype=torch.long), "token_mask": token_mask}
+
+
+def resolve_input_format(tokenizer, input_format: str) -> str:
+    """`auto` → `chat` with a chat template, `pair` for a tokenizer without EOS but with a
+    separator (BERT-style encoders), else `plain`; an explicit choice is checked."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if input_format == "auto":
+        if has_template:
+            return "chat"
+        return "pair" if tokenizer.eos_token_id is None and tokenizer.sep_token_id is not None else "plain"
+    if input_format not in INPUT_FORMATS:
+        raise ValueError(f"unknown input_format {input_format!r}; valid: auto, {', '.join(INPUT_FORMATS)}")
+    if input_format == "chat" and not has_template:
+        raise ValueError("input_format 'chat' needs a tokenizer with a chat template")
+    if input_format == "plain" and tokenizer.eos_token_id is None:
+        raise ValueError("input_format 'plain' needs a tokenizer with an EOS token; use 'pair' for encoders")
+    return input_format
+
+
+class RewardModel(torch.nn.Module):
+    """Backbone + linear head (H outputs) at the last real token; see the module docstring."""
+
+    def __init__(self, backbone, tokenizer, num_heads: int = 1, input_format: str = "auto",
+                 max_length: int = 512, head_std: float | None = None):
+        super().__init__()
+        if getattr(backbone, "pooler", None) is not None:
+            backbone.pooler = None  # BERT's pooler is unused here (and would get no gradient under DDP)
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.input_format = resolve_input_format(tokenizer, input_format)
+        self.max_length = max_length
+        hidden = backbone.config.hidden_size
+        self.head = torch.nn.Linear(hidden, num_heads)
+        # N(0, 1/√(d+1)) weights and zero bias (lm-human-preferences; rlhf-details b3).
+        torch.nn.init.normal_(self.head.weight, std=head_std if head_std is not None else 1 / math.sqrt(hidden + 1))
+        torch.nn.init.zeros_(self.head.bias)
+        self.register_buffer("norm_gain", torch.ones(num_heads))
+        self.register_buffer("norm_bias", torch.zeros(num_heads))
+        params = inspect.signature(backbone.forward).parameters
+        self._no_cache = {"use_cache": False} if "use_cache" in params else {}
+
+    @property
+    def num_heads(self) -> int:
+        return self.head.out_features
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, prompt, response: str, finished: bool = True) -> RMInput:
+        """Token ids of one prompt+response in this model's input format, at most `max_length`
+        long (chat/plain drop the start of the prompt, pair truncates the longer segment)."""
+        tok = self.tokenizer
+        if self.input_format == "pair":
+            out = tok(plain_prompt_text(prompt), response, truncation=True, max_length=self.max_length)
+            return RMInput(list(out["input_ids"]), list(out["token_type_ids"]) if "token_type_ids" in out else None)
+        if self.input_format == "chat":
+            prompt_ids = encode_prompt(tok, prompt)
+        else:
+            prompt_ids = tok(plain_prompt_text(prompt), add_special_tokens=False)["input_ids"]
+        ids = list(prompt_ids) + encode_response(tok, response, finished)
+        cut = max(0, len(ids) - self.max_length)
+        return RMInput(ids[cut:], prompt_len=max(0, len(prompt_ids) - cut))
+
+    def collate(self, inputs: Sequence[RMInput]) -> dict[str, torch.Tensor]:
+        return collate_inputs(inputs, self.tokenizer.pad_token_id)
+
+    @property
+    def can_share_prompt(self) -> bool:
+        """Prompt sharing needs causal attention: decoder trunks in chat/plain format, not encoders."""
+        return self.input_format != "pair" and not getattr(self.backbone.config, "is_encoder_decoder", False)
+
+    def collate_groups(self, groups: Sequence[Sequence[RMInput]]) -> dict[str, torch.Tensor]:
+        """Forward inputs for groups of responses: one shared-prompt row per group when the
+        backbone is causal and no prompt was truncated (`collate_shared_prompt`), else one row
+        per response. Either way the
+        model's output rows are the responses in group order; `token_mask` marks real tokens."""
+        if not (self.can_share_prompt and all(shares_prompt(g) for g in groups)):
+            batch = self.collate([x for g in groups for x in g])
+            return {**batch, "token_mask": batch["attention_mask"]}
+        eager = getattr(self.backbone.config, "_attn_implementation", "sdpa") == "eager"
+        return collate_shared_prompt(groups, self.tokenizer.pad_token_id, self.head.weight.dtype if eager else None)
+
+    # ------------------------------------------------------------------ scoring
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                read_at: torch.Tensor | None = None, token_mask: torch.Tensor | None = None,
+                normalized: bool = False) -> torch.Tensor:
+        """Rewards (N, H). Plain batches: right-padded (B, T) inputs and mask, read at each row's
+        last real token (N = B). Shared-prompt batches (`collate_groups`): a 4-D mask, position
+        ids and `read_at` (N, 2) (row, column) of each response's last token. `token_mask` is
+        bookkeeping for the caller and unused here. `normalized` applies r·g + b."""
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        if position_ids is not None:
+            extra["position_ids"] = position_ids
+        mask = attention_mask if attention_mask.dim() == 4 else attention_mask.long()
+        hidden = self.backbone(input_ids=input_ids, attention_mask=mask, **extra, **self._no_cache).last_hidden_state
+        if read_at is None:
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            read_at = torch.stack([rows, last_token_index(attention_mask)], dim=1)
+        rewards = self.head(hidden[read_at[:, 0], read_at[:, 1]]).float()
+        return rewards * self.norm_gain + self.norm_bias if normalized else rewards
+
+    @torch.no_grad()
+    def score_texts(self, prompts: Sequence, responses: Sequence[str], finished: Sequence[bool] | None = None,
+                    normalized: bool = True, batch_size: int = 64) -> torch.Tensor:
+        """Rewards (B, H) of text responses to their prompts, normalised by default. Batches are
+        formed from length-sorted inputs (little padding) and the result is in input order."""
+        if len(prompts) != len(responses) or (finished is not None and len(finished) != len(prompts)):
+            raise ValueError("prompts, responses and finished must have the same length")
+        flags = [True] * len(prompts) if finished is None else list(finished)
+        inputs = [self.encode(p, r, f) for p, r, f in zip(prompts, responses, flags)]
+        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i].ids))
+        device = self.head.weight.device
+        out = torch.empty(len(inputs), self.num_heads)
+        was_training = self.training
+        self.eval()
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in self.collate([inputs[i] for i in chunk]).items()}
+            out[chunk] = self(**batch, normalized=normalized).cpu()
+        self.train(was_training)
+        return out
+
+    def set_normalization(self, gain: torch.Tensor, bias: torch.Tensor) -> None:
+        """Store gain and bias, (H,) each."""
+        self.norm_gain.copy_(torch.as_tensor(gain, dtype=torch.float32).reshape(self.num_heads))
+        self.norm_bias.copy_(torch.as_tensor(bias, dtype=torch.float32).reshape(self.num_heads))
+
+    def fit_normalization(self, prompts: Sequence, responses: Sequence[str], finished: Sequence[bool] | None = None,
+                          target_mean: float = 0.0, target_std: float = 1.0) -> tuple[list[float], list[float]]:
+        """Set gain/bias per head so the normalised rewards of these samples have the target
+        mean and population std (`rlhfkit.algos.rewards.reward_normalization`, lm-h-p);
+        return (gain, bias) as lists."""
+        from rlhfkit.algos.rewards import reward_normalization
+
+        raw = self.score_texts(prompts, responses, finished, normalized=False)
+        gain, bias = zip(*(reward_normalization(raw[:, h], target_mean, target_std) for h in range(self.num_heads)))
+        self.set_normalization(torch.tensor(gain), torch.tensor(bias))
+        return list(gain), list(bias)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, out_dir: str | Path) -> Path:
+        """Write the backbone and tokenizer as a standard HF dir (safetensors; LoRA adapters are
+        merged into a copy, this model keeps them) plus the head and `reward_config.json`."""
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        backbone = self.backbone
+        if hasattr(backbone, "merge_and_unload"):
+            backbone = copy.deepcopy(backbone).merge_and_unload()
+        backbone.save_pretrained(str(out), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(out))
+        tensors = {"weight": self.head.weight, "bias": self.head.bias, "norm_gain": self.norm_gain,
+                   "norm_bias": self.norm_bias}
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(out / HEAD_FILE))
+        config = {"format_version": FORMAT_VERSION, "num_heads": self.num_heads, "input_format": self.input_format,
+                  "max_length": self.max_length, "norm_gain": self.norm_gain.tolist(),
+                  "norm_bias": self.norm_bias.tolist(), "backbone_class": type(backbone).__name__}
+        (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        return out
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, num_heads: int = 1, input_format: str = "auto",
+                        max_length: int = 512, dtype=None) -> "RewardModel":
+        """A fresh head on the `AutoModel` trunk of a local HF dir (causal LM or encoder); the
+        LM head, if any, is dropped."""
+        from transformers import AutoModel
+
+        backbone = AutoModel.from_pretrained(str(path), dtype=dtype)
+        return cls(backbone, load_tokenizer(path), num_heads, input_format, max_length)
+
+    @classmethod
+    def from_causal_lm(cls, model, tokenizer, num_heads: int = 1, input_format: str = "auto",
+                       max_length: int = 512) -> "RewardModel":
+        """A fresh head on the trunk of an in-memory causal LM (its LM head is dropped)."""
+        return cls(model.base_model, tokenizer, num_heads, input_format, max_length)
+
+
+def is_reward_model_dir(path: str | Path) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def load_reward_model(path: str | Path, dtype=None) -> RewardModel:
+    """Restore a directory written by `RewardModel.save` (backbone, tokenizer, head, normalisation)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    path = Path(path)
+    if not is_reward_model_dir(path):
+        raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; not a reward-model directory")
+    config = json.loads((path / CONFIG_FILE).read_text())
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}/{CONFIG_FILE}: unsupported format_version {config.get('format_version')}")
+    backbone = AutoModel.from_pretrained(str(path), dtype=dtype)
+    model = RewardModel(backbone, load_tokenizer(path), config["num_heads"], config["input_format"],
+                        config["max_length"])
+    tensors = load_file(str(path / HEAD_FILE))
+    with torch.no_grad():
+        model.head.weight.copy_(tensors["weight"])
+        model.head.bias.copy_(tensors["bias"])
+    model.set_normalization(tensors["norm_gain"], tensors["norm_bias"])
+    return model
+
+
+def transformer_blocks(backbone) -> torch.nn.ModuleList:
+    """The backbone's list of transformer blocks: the first ModuleList of length
+    `config.num_hidden_layers` (Llama `layers`, GPT-2 `h`, BERT `encoder.layer`)."""
+    n = backbone.config.num_hidden_layers
+    for module in backbone.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    raise ValueError(f"cannot find the {n} transformer blocks of {type(backbone).__name__}")
+
+
+def freeze_lower(backbone, embeddings: bool, n_layers: int) -> None:
+    """Stop gradients to the embeddings (token, plus position/segment where the backbone has
+    them) and to the lowest `n_layers` transformer blocks."""
+    blocks = transformer_blocks(backbone)
+    if n_layers > len(blocks):
+        raise ValueError(f"freeze_layers={n_layers} but the backbone has {len(blocks)} blocks")
+    frozen = list(blocks[:n_layers])
+    if embeddings:
+        frozen.append(backbone.get_input_embeddings())
+        frozen += [getattr(backbone, name) for name in ("embeddings", "wpe") if hasattr(backbone, name)]
+    for module in frozen:
+        module.requires_grad_(False)
+
+
+def build_reward_model(cfg: RMModelConfig, corpus_fn: Callable[[int], list[str]], seed: int) -> RewardModel:
+    """The RM a config asks for: a saved RM dir (training continues), a fresh head on an HF dir,
+    or on a tiny Llama built from `cfg.tiny` with a tokenizer trained on `corpus_fn(n)`; then
+    dropout off, freezing and LoRA (PEFT, FEATURE_EXTRACTION) as configured. The head is
+    initialised from torch's RNG under `seed`."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        if cfg.path and is_reward_model_dir(cfg.path):
+            model = load_reward_model(cfg.path)
+        elif cfg.path:
+            model = RewardModel.from_pretrained(cfg.path, cfg.num_heads, cfg.input_format, cfg.max_length)
+        else:
+            from rlhfkit.models.tiny import build_tiny_causal_lm
+
+            lm, tokenizer = build_tiny_causal_lm(cfg.tiny, corpus_fn(cfg.tiny.tokenizer_lines), seed)
+            model = RewardModel.from_causal_lm(lm, tokenizer, cfg.num_heads, cfg.input_format,
+                                               min(cfg.max_length, cfg.tiny.max_positions))
+    if cfg.disable_dropout:
+        disable_dropout(model.backbone)
+    if cfg.freeze_embeddings or cfg.freeze_layers:
+        freeze_lower(model.backbone, cfg.freeze_embeddings, cfg.freeze_layers)
+    if cfg.lora.enabled:
+        model.backbone = apply_lora(model.backbone, cfg.lora, task_type="FEATURE_EXTRACTION")
+    return model
+
+
+class RewardEnsemble:
+    """Several reward models, or the heads of one multi-head model, combined into one reward
+    per sample with `rlhfkit.algos.rm_losses.combine_rewards` (weighted sum, min, mean − λ·std,
+    mean − λ·var; Coste et al. 2023)."""
+
+    def __init__(self, members: RewardModel | Sequence[RewardModel], mode: str = "mean",
+                 weights: Sequence[float] | None = None, uncertainty_coef: float | None = None):
+        self.members = [members] if isinstance(members, RewardModel) else list(members)
+        if not self.members:
+            raise ValueError("a RewardEnsemble needs at least one reward model")
+        self.mode = mode
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+        self.uncertainty_coef = uncertainty_coef
+        n = self.num_rewards
+        if self.weights is not None and self.weights.shape != (n,):
+            raise ValueError(f"{len(self.weights)} weights for {n} rewards (every head of every member)")
+
+    @property
+    def num_rewards(self) -> int:
+        """M: the number of heads over all members."""
+        return sum(m.num_heads for m in self.members)
+
+    def score_all(self, prompts: Sequence, responses: Sequence[str], finished: Sequence[bool] | None = None,
+                  normalized: bool = True) -> torch.Tensor:
+        """(M, B): every head of every member (members in order, heads in order)."""
+        return torch.cat([m.score_texts(prompts, responses, finished, normalized).T for m in self.members])
+
+    def combine(self, rewards: torch.Tensor) -> torch.Tensor:
+        """(M, B) → (B,) by the ensemble's rule."""
+        from rlhfkit.algos.rm_losses import combine_rewards
+
+        return combine_rewards(rewards, self.mode, weights=self.weights, uncertainty_coef=self.uncertainty_coef)
+
+    def score_texts(self, prompts: Sequence, responses: Sequence[str], finished: Sequence[bool] | None = None,
+                    normalized: bool = True) -> torch.Tensor:
+        """(B,) combined reward of text responses."""
+        return self.combine(self.score_all(prompts, responses, finished, normalized))
