@@ -80,7 +80,7 @@ def worker(args) -> None:
         f"micro_batch_size={args.batch_size}", "epochs=1", f"optim.lr={args.lr}", "optim.schedule=linear",
         "optim.warmup_ratio=0", "optim.min_lr_ratio=0", "normalize.source=none", "run.eval_every=1000000",
         "run.save_every=1000000", "run.progress=false", f"run.precision={args.worker}", f"run.seed={args.seed}",
-        f"run.out_dir={work / ('run-' + args.worker)}"])
+        f"run.out_dir={work / f'run-{args.worker}-{os.getpid()}'}", "run.resume=false"])
     start = time.perf_counter()
     summary = train_rm(cfg)
     print(json.dumps({"pairs_per_s": summary["pairs_per_s"], "real_tokens_per_s": summary["tokens_per_s"],

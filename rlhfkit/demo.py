@@ -97,6 +97,28 @@ def headline(eval_summary: dict, rm: dict, labels_eval: dict) -> dict[str, Any]:
     }
 
 
+def overoptimisation(cfg: DemoConfig, out: Path, sft_model: Path, rm_model: Path, ppo_run: Path) -> dict:
+    """Train PPO without a KL penalty for longer, sample a best-of-n curve, fit Gao's forms for
+    both, and analyse the main (β > 0) PPO run beside them. Written to `out/overopt.json`."""
+    from rlhfkit.eval.bon import best_of_n_study
+    from rlhfkit.eval.overopt import overoptimisation_study
+    from rlhfkit.train.ppo import train_ppo
+
+    o = cfg.overopt
+    unpenalised = out / "ppo-overopt"
+    train_ppo(_with(cfg.ppo, policy={"path": str(sft_model)}, max_steps=o.ppo_steps,
+                    kl={"controller": "fixed", "init_coef": o.kl_coef},
+                    run={"out_dir": str(unpenalised), "seed": cfg.seed, "save_every": o.ppo_steps},
+                    reward={"rm_paths": [str(rm_model)]}, data={"task": TASK, "task_seed": cfg.seed}))
+    bon = best_of_n_study(sft_model, rm_model, task=TASK, task_seed=cfg.seed, n_prompts=o.bon_prompts,
+                          n_max=o.bon_n_max, temperature=cfg.ppo.rollout.temperature,
+                          max_new_tokens=cfg.ppo.rollout.max_new_tokens, seed=cfg.seed,
+                          out_path=out / "bon.json")
+    study = overoptimisation_study(rl=unpenalised, bon=bon, out_path=out / "overopt.json")
+    study["rl_with_kl_penalty"] = overoptimisation_study(rl=ppo_run)["rl"]
+    return study
+
+
 def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     from rlhfkit.eval.report import write_report
     from rlhfkit.tasks import get_task
@@ -135,14 +157,21 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     _stage(console, 6, "evaluate SFT vs PPO with the gold judge")
     evaluation = evaluate_sft_vs_ppo(cfg, out, sft_model, runs["ppo"] / "model", runs["rm"] / "model")
 
-    _stage(console, 7, "report")
-    report = write_report(out / "report.html", {k: str(v) for k, v in runs.items()},
-                          {"title": "rlhfkit demo: SFT → RM → PPO on the reviews task"})
+    _stage(console, 7, "report" + (" (after the over-optimisation study)" if cfg.overopt.enabled else ""))
+    extra: dict[str, Any] = {"title": "rlhfkit demo: SFT → RM → PPO on the reviews task"}
+    if cfg.overopt.enabled:
+        extra["overoptimisation"] = overoptimisation(cfg, out, sft_model, runs["rm"] / "model", runs["ppo"])
+    report = write_report(out / "report.html", {k: str(v) for k, v in runs.items()}, extra)
 
     _stage(console, 8, "summary")
     summary = {**headline(evaluation, rm, labels["eval"]), "report": str(report),
                "gold_reward_untrained": sft.get("gold_reward_before"), "sft_eval_loss": sft["eval_loss"],
                "sft_unigram_loss": sft["unigram_loss"], "ppo_steps": ppo.get("steps"),
                "runs": {k: str(v) for k, v in runs.items()}}
+    if cfg.overopt.enabled:
+        study = extra["overoptimisation"]
+        summary["overoptimisation"] = {
+            name: {key: (study[name] or {}).get(key) for key in ("fit", "gold_peak", "proxy_trend", "final_gap")}
+            for name in ("rl", "bon", "rl_with_kl_penalty")}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     return summary

@@ -54,6 +54,23 @@ class DemoEvalConfig(Section):
 FILLED_BY_DEMO = "<set by the demo>"
 """Placeholder for paths the demo fills in (model dirs, data files under --out)."""
 
+class OveroptConfig(Section):
+    """Gao et al.'s over-optimisation study: a long PPO run with no KL penalty and a best-of-n curve
+    against the same proxy RM, with proxy and gold reward plotted against √KL and the functional
+    forms fitted. The main PPO run (β > 0) is analysed beside it to show the gap shrinking."""
+
+    enabled: bool = False
+    """Run the study after the main pipeline (adds ~10 minutes on 2 cores)."""
+    ppo_steps: int = Field(150, gt=0)
+    """PPO steps of the unpenalised run."""
+    kl_coef: float = Field(0.0, ge=0)
+    """KL coefficient of that run (0 = no penalty, as in most of Gao's runs)."""
+    bon_n_max: int = Field(64, ge=2)
+    """Largest n of the best-of-n curve."""
+    bon_prompts: int = Field(64, gt=0)
+    """Held-out prompts of the best-of-n curve."""
+
+
 DEMO_TINY = TinyModelConfig(arch="llama", hidden_size=128, num_layers=3, num_heads=4, vocab_size=768,
                             max_positions=128, tokenizer_lines=3000)
 
@@ -84,22 +101,24 @@ class DemoConfig(Section):
         "data": {"kind": "ranking"},
         "loss": {"type": "pl"},
         "optim": {"lr": 1e-3, "warmup_ratio": 0.05},
-        "batch_size": 16, "micro_batch_size": 16, "epochs": 2.0,
+        "batch_size": 16, "micro_batch_size": 16, "epochs": 4.0,
         "normalize": {"source": "policy", "policy_path": FILLED_BY_DEMO, "n_samples": 256, "max_new_tokens": 40},
         "run": {"eval_every": 50, "save_every": 50, "log_every": 10},
     })
     """Reward-model stage (backbone: the SFT model)."""
     ppo: PPOConfig = PPOConfig.model_validate({
         "reward": {"source": "rm", "rm_paths": [FILLED_BY_DEMO], "missing_eos_penalty": 1.0},
-        "kl": {"controller": "fixed", "init_coef": 0.05, "estimator": "k1", "placement": "reward"},
+        "kl": {"controller": "fixed", "init_coef": 0.1, "estimator": "k1", "placement": "reward"},
         "rollout": {"max_new_tokens": 40, "temperature": 0.7},
         "advantage": "gae", "value": {"kind": "critic", "init": "rm", "pretrain_steps": 2},
         "value_clip_eps": None,
         "rollout_batch_size": 64, "minibatch_size": 32, "microbatch_size": 32, "ppo_epochs": 4,
         "max_steps": 40,
-        "optim": {"lr": 3e-4, "schedule": "constant"}, "critic_optim": {"lr": 1e-3},
+        "optim": {"lr": 1.5e-4, "schedule": "constant"}, "critic_optim": {"lr": 1e-3},
         "data": {"n_eval_prompts": 64},
     })
     """PPO stage (policy and reference: the SFT model; reward: the trained RM)."""
     eval: DemoEvalConfig = DemoEvalConfig()
     """Final evaluation."""
+    overopt: OveroptConfig = OveroptConfig()
+    """Optional over-optimisation study (proxy vs gold reward against √KL)."""
