@@ -304,11 +304,13 @@ def test_early_stopping_keeps_the_best_weights(tmp_path, task, rm_dir):
 @pytest.mark.slow
 def test_plackett_luce_on_rankings_beats_one_pair_per_prompt(tmp_path):
     """K = 4 rankings carry C(4,2) = 6 comparisons per prompt; reducing them to one random pair
-    per prompt (same prompts, same responses) should give a clearly worse RM."""
+    per prompt (same prompts, same responses) should give a clearly worse RM. Few prompts, so
+    that data rather than the tiny from-scratch trunk limits accuracy (at 2,000 prompts both
+    reach the trunk's plateau, ≈ 0.565)."""
     import random
 
     task = get_task("reviews", seed=0)
-    train = ranking_file(tmp_path / "train.jsonl", task, "train", 2000, 4)
+    train = ranking_file(tmp_path / "train.jsonl", task, "train", 400, 4)
     held = ranking_file(tmp_path / "eval.jsonl", task, "eval", 200, 4)
     from rlhfkit.data import read_records
 
@@ -327,7 +329,7 @@ def test_plackett_luce_on_rankings_beats_one_pair_per_prompt(tmp_path):
             "model.tiny.hidden_size": 64, "model.tiny.num_layers": 2, "model.tiny.num_heads": 2,
             "model.tiny.vocab_size": 512, "model.tiny.tokenizer_lines": 600, "data.train_path": path,
             "data.eval_path": held, "data.kind": "ranking", "loss.type": loss, "batch_size": 32,
-            "micro_batch_size": 32, "epochs": 2, "optim.lr": 3e-3, "run.eval_every": 1000,
+            "micro_batch_size": 32, "epochs": 4, "optim.lr": 3e-3, "run.eval_every": 1000,
             "normalize.source": "none"}))
         accuracy[name] = R.train_rm(cfg)["eval_accuracy"]
     assert accuracy["pl"] > accuracy["pair"] + 0.02, accuracy
