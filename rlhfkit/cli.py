@@ -112,12 +112,13 @@ def annotate(ctx: typer.Context) -> None:
 def demo(
     args: Optional[list[str]] = typer.Argument(None, help=ARGS_HELP),
     out: str = typer.Option("runs/demo", "--out", help="Directory that keeps every stage's run directory."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", min=1, help="Rounds of iterated RLHF (default 1)."),
 ) -> None:
     """The whole pipeline on the built-in task, offline, on embedded defaults."""
     from rlhfkit.config.demo import DemoConfig
     from rlhfkit.demo import run_demo
 
-    _print_summary(run_demo(_load(DemoConfig, args), out))
+    _print_summary(run_demo(_load(DemoConfig, list(args or []) + ([f"rounds={rounds}"] if rounds else [])), out))
 
 
 @app.command("config-reference")

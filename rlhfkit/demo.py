@@ -34,7 +34,8 @@ def _stage(console: Console, index: int, name: str) -> None:
     console.rule(f"[bold]stage {index}/8 · {name}")
 
 
-def collect_preferences(cfg: DemoConfig, out: Path, policy_dir: Path, split: str, n: int) -> dict[str, Any]:
+def collect_preferences(cfg: DemoConfig, out: Path, policy_dir: Path, split: str, n: int,
+                        tag: str = "") -> dict[str, Any]:
     """Sample candidates from the two variants and rank them with simulated annotators; returns the
     labelling summary (with the Bayes ceiling) and the path of the rankings file."""
     from rlhfkit.eval.label_auto import label_candidates
@@ -43,21 +44,29 @@ def collect_preferences(cfg: DemoConfig, out: Path, policy_dir: Path, split: str
     s = cfg.sampling
     variants = [{"path": str(policy_dir), "name": f"sft-T{t}", "temperature": t, "seed": cfg.seed + i,
                  "samples_per_prompt": s.samples_per_variant} for i, t in enumerate(s.temperatures)]
-    candidates = out / "data" / f"candidates-{split}.jsonl"
+    candidates = out / "data" / f"candidates-{split}{tag}.jsonl"
     sample_candidates(SampleConfig.model_validate({
         "variants": variants, "prompts": {"task": TASK, "task_seed": cfg.seed, "split": split, "n": n},
         "max_new_tokens": s.max_new_tokens, "output": str(candidates),
-        "run": {"out_dir": str(out / f"sample-{split}"), "device": "cpu", "progress": True},
+        "run": {"out_dir": str(out / f"sample-{split}{tag}"), "device": "cpu", "progress": True},
     }))
-    rankings = out / "data" / f"rankings-{split}.jsonl"
+    rankings = out / "data" / f"rankings-{split}{tag}.jsonl"
     judge = {"kind": "simulated", "n_annotators": cfg.labels.n_annotators}
     if cfg.labels.temperature:
         judge["temperature"] = cfg.labels.temperature
     summary = label_candidates(JudgeLabelConfig.model_validate({
         "candidates": str(candidates), "mode": "ranking", "judge": judge, "task": TASK, "task_seed": cfg.seed,
-        "seed": cfg.seed, "output": str(rankings), "run": {"out_dir": str(out / f"label-{split}")},
+        "seed": cfg.seed, "output": str(rankings), "run": {"out_dir": str(out / f"label-{split}{tag}")},
     }))
     return {**summary, "path": str(rankings)}
+
+
+def concatenate(paths: list[str], out: Path) -> str:
+    """One JSONL file holding the records of all `paths` (the growing preference dataset)."""
+    if len(paths) == 1:
+        return paths[0]
+    atomic_write_text(out, "".join(Path(p).read_text() for p in paths))
+    return str(out)
 
 
 def evaluate_sft_vs_ppo(cfg: DemoConfig, out: Path, sft_dir: Path, ppo_dir: Path, rm_dir: Path) -> dict:
@@ -140,19 +149,31 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
                           data={"task": TASK, "task_seed": cfg.seed}))
     sft_model = runs["sft"] / "model"
 
-    _stage(console, 3, "sample candidates from two policy variants and label them")
-    labels = {split: collect_preferences(cfg, out, sft_model, split, n)
-              for split, n in (("train", cfg.sampling.n_train_prompts), ("eval", cfg.sampling.n_eval_prompts))}
+    labels_eval = None
+    train_files: list[str] = []
+    policy = sft_model
+    for round_no in range(1, cfg.rounds + 1):
+        # Round 1 samples from SFT; later rounds from the latest PPO policy, the RM is retrained on
+        # the growing dataset and PPO continues from where it stopped (iterated RLHF, Bai et al.).
+        tag = "" if round_no == 1 else f"-round{round_no}"
+        _stage(console, 3, f"sample candidates from two policy variants and label them (round {round_no})")
+        labels = collect_preferences(cfg, out, policy, "train", cfg.sampling.n_train_prompts, tag)
+        labels_eval = labels_eval or collect_preferences(cfg, out, sft_model, "eval", cfg.sampling.n_eval_prompts)
+        train_files.append(labels["path"])
+        runs["rm"], runs["ppo"] = out / f"rm{tag}", out / f"ppo{tag}"
 
-    _stage(console, 4, "reward model")
-    rm = train_rm(_with(cfg.rm, model={"path": str(sft_model)}, run={"out_dir": str(runs["rm"]), "seed": cfg.seed},
-                        data={"train_path": labels["train"]["path"], "eval_path": labels["eval"]["path"],
-                              "kind": "ranking", "task": TASK, "task_seed": cfg.seed},
-                        normalize={"policy_path": str(sft_model)}))
+        _stage(console, 4, f"reward model (round {round_no})")
+        rm = train_rm(_with(cfg.rm, model={"path": str(sft_model)}, run={"out_dir": str(runs["rm"]), "seed": cfg.seed},
+                            data={"train_path": concatenate(train_files, out / "data" / f"rankings-train-all{tag}.jsonl"),
+                                  "eval_path": labels_eval["path"], "kind": "ranking", "task": TASK,
+                                  "task_seed": cfg.seed},
+                            normalize={"policy_path": str(sft_model)}))
 
-    _stage(console, 5, "PPO against the reward model")
-    ppo = train_ppo(_with(cfg.ppo, policy={"path": str(sft_model)}, run={"out_dir": str(runs["ppo"]), "seed": cfg.seed},
-                          reward={"rm_paths": [str(runs["rm"] / "model")]}, data={"task": TASK, "task_seed": cfg.seed}))
+        _stage(console, 5, f"PPO against the reward model (round {round_no})")
+        ppo = train_ppo(_with(cfg.ppo, policy={"path": str(policy)}, run={"out_dir": str(runs["ppo"]), "seed": cfg.seed},
+                              reward={"rm_paths": [str(runs["rm"] / "model")]},
+                              data={"task": TASK, "task_seed": cfg.seed}))
+        policy = runs["ppo"] / "model"
 
     _stage(console, 6, "evaluate SFT vs PPO with the gold judge")
     evaluation = evaluate_sft_vs_ppo(cfg, out, sft_model, runs["ppo"] / "model", runs["rm"] / "model")
@@ -164,7 +185,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     report = write_report(out / "report.html", {k: str(v) for k, v in runs.items()}, extra)
 
     _stage(console, 8, "summary")
-    summary = {**headline(evaluation, rm, labels["eval"]), "report": str(report),
+    summary = {**headline(evaluation, rm, labels_eval), "report": str(report), "rounds": cfg.rounds,
                "gold_reward_untrained": sft.get("gold_reward_before"), "sft_eval_loss": sft["eval_loss"],
                "sft_unigram_loss": sft["unigram_loss"], "ppo_steps": ppo.get("steps"),
                "runs": {k: str(v) for k, v in runs.items()}}

@@ -31,3 +31,24 @@ def test_reduced_demo_aligns_the_policy(tmp_path):
     assert 0 < summary["kl_to_ref"] < 6, summary
     assert 0.55 < summary["rm_accuracy"] <= 1.0 and summary["rm_accuracy"] > 0.75 * summary["rm_bayes_ceiling"], summary
     assert (tmp_path / "report.html").stat().st_size > 10_000
+
+
+TINY_PIPELINE = [
+    "sft.data.n_train=300", "sft.epochs=1", "sft.eval.n_sample_prompts=8", "sampling.n_train_prompts=40",
+    "sampling.n_eval_prompts=16", "rm.normalize.n_samples=32", "ppo.max_steps=2", "ppo.rollout_batch_size=16",
+    "ppo.minibatch_size=8", "ppo.microbatch_size=8", "ppo.data.n_eval_prompts=8", "ppo.data.n_train_prompts=64",
+    "eval.n_prompts=16", "sft.run.progress=false", "rm.run.progress=false", "ppo.run.progress=false",
+]
+
+
+def test_iterated_rounds_grow_the_preference_data_and_continue_ppo(tmp_path):
+    summary = run_demo(load_config(DemoConfig, None, TINY_PIPELINE + ["rounds=2"]), tmp_path)
+    data = tmp_path / "data"
+    lines = lambda name: len((data / name).read_text().splitlines())  # noqa: E731
+    assert lines("rankings-train-all-round2.jsonl") == lines("rankings-train.jsonl") + lines("rankings-train-round2.jsonl")
+    cfg = (tmp_path / "sample-train-round2" / "config.yaml").read_text()
+    assert str(tmp_path / "ppo" / "model") in cfg  # round 2 samples from the round-1 PPO policy
+    ppo2 = (tmp_path / "ppo-round2" / "config.yaml").read_text()
+    assert str(tmp_path / "ppo" / "model") in ppo2 and str(tmp_path / "rm-round2" / "model") in ppo2
+    assert summary["rounds"] == 2 and summary["runs"]["ppo"].endswith("ppo-round2")
+    assert (tmp_path / "report.html").exists()

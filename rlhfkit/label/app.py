@@ -241,6 +241,15 @@ def _errors(app: FastAPI) -> None:
     app.add_exception_handler(NotFoundError, handler(404))
     app.add_exception_handler(ConflictError, handler(409))
     app.add_exception_handler(ProjectError, handler(400))
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+
+async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's default handler echoes the offending input back and crashes (500) when that input
+    is bytes that are not UTF-8; report where and what instead, never the raw input."""
+    detail = [{"loc": [str(part) for part in err.get("loc", ())], "msg": str(err.get("msg", "")),
+               "type": str(err.get("type", ""))} for err in exc.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 def _annotator_routes(app: FastAPI, engine: Engine, annotator: Any) -> None:
