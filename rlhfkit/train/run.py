@@ -5,7 +5,7 @@ RUN/config.yaml        effective config (after overrides) + derived values
 RUN/metrics.jsonl      one JSON object per logged step, keys `section/name`
 RUN/tb/                TensorBoard event files
 RUN/summary.json       final figures of the run
-RUN/checkpoints/       step-XXXXXXXX/ resumable states (atomic: written to a temp dir, renamed)
+RUN/checkpoints/       step-<8-digit step>/ resumable states (atomic: written to a temp dir, renamed)
 RUN/model/             the final model, a standard Hugging Face directory (safetensors)
 RUN/samples.jsonl      sample generations logged during the run
 ```
