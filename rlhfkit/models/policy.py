@@ -87,7 +87,9 @@ def critic_from_pretrained(path: str) -> Critic:
     and whose head starts at zero."""
     from transformers import AutoModel
 
-    trunk = AutoModel.from_pretrained(path)
+    from rlhfkit.models.loading import resolve_model_path
+
+    trunk = AutoModel.from_pretrained(resolve_model_path(path))
     return Critic(trunk, zero_value_head(_hidden_size(trunk.config)))
 
 
