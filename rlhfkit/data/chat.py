@@ -36,3 +36,15 @@ def render_plain(prompt: str | Sequence[Message], response: str = "", sep: str =
     else:
         text = sep.join([f"{m.role}: {m.content}" for m in messages] + ["assistant:"])
     return text + sep + response
+
+
+def drop_oldest_turn(messages: Sequence[Message]) -> list[Message]:
+    """The conversation without its oldest exchange, for left truncation that keeps the last
+    turns: leading system messages stay; after them the first message goes, and then any
+    assistant messages, so what is left again starts with a user turn."""
+    messages = [Message.model_validate(m) for m in messages]
+    n_system = next((i for i, m in enumerate(messages) if m.role != "system"), len(messages))
+    rest = messages[n_system + 1:]
+    while rest and rest[0].role == "assistant":
+        rest = rest[1:]
+    return messages[:n_system] + rest

@@ -15,6 +15,8 @@ logs which), since public files carry extra columns (scores, sources) worth keep
 | sft | `messages` | `messages` | prompt = all but the last turn, which must be the assistant's |
 | pair | `prompt_chosen_rejected` | `prompt`, `chosen`, `rejected` (+ extra columns) | itself |
 | pair | `chosen_rejected` | `chosen`, `rejected`, prompt inside both | prompt = shared prefix |
+| sft | `chosen_rejected` | `chosen`, `rejected` (e.g. HH-RLHF) | prompt = shared prefix, response = chosen |
+| prompt | `chosen_rejected` | `chosen`, `rejected` (e.g. HH-RLHF) | prompt = shared prefix |
 
 Responses (`response`, `completion`, `chosen`, `rejected`) may be strings or chat-message lists
 whose last turn is the assistant's; any turns before it must repeat the prompt.
@@ -142,6 +144,12 @@ def _chosen_rejected(row: dict[str, Any]) -> dict[str, Any]:
                     field="chosen", reason="wrong_type")
 
 
+def _chosen_as_sft(row: dict[str, Any]) -> dict[str, Any]:
+    """A preference row as a demonstration: its shared prompt and the chosen response."""
+    pair = _chosen_rejected(row)
+    return {"prompt": pair["prompt"], "response": pair["chosen"]}
+
+
 def _message_list(row: dict[str, Any]) -> list[Any]:
     if not isinstance(row["messages"], list):
         raise DataError(f"must be a list of messages, got {type(row['messages']).__name__}",
@@ -186,12 +194,15 @@ def _native(kind: str) -> Layout:
 LAYOUTS: dict[str, tuple[Layout, ...]] = {
     "prompt": (_native("prompt"), Layout("prompt", ("prompt",), lambda row: {"prompt": row["prompt"]}),
                Layout("messages", ("messages",), lambda row: {"prompt": _message_list(row)},
-                      {"prompt": "messages"})),
+                      {"prompt": "messages"}),
+               Layout("chosen_rejected", ("chosen", "rejected"), lambda row: {"prompt": _chosen_rejected(row)["prompt"]},
+                      {"prompt": "chosen"})),
     "sft": (_native("sft"),
             Layout("prompt_completion", ("prompt", "completion"),
                    _responses("response", source={"response": "completion"}), {"response": "completion"}),
             Layout("messages", ("messages",), _sft_messages, {"prompt": "messages", "response": "messages"}),
-            Layout("prompt_response", ("prompt", "response"), _responses("response"))),
+            Layout("prompt_response", ("prompt", "response"), _responses("response")),
+            Layout("chosen_rejected", ("chosen", "rejected"), _chosen_as_sft, {"prompt": "chosen", "response": "chosen"})),
     "candidates": (_native("candidates"),),
     "pair": (_native("pair"),
              Layout("prompt_chosen_rejected", ("prompt", "chosen", "rejected"),

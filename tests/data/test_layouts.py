@@ -32,6 +32,8 @@ def _msgs(*pairs):
     ({"prompt": "q"}, "prompt", "native"),
     ({"prompt": "q", "difficulty": 3}, "prompt", "prompt"),
     ({"messages": []}, "prompt", "messages"),
+    ({"chosen": "a", "rejected": "b"}, "prompt", "chosen_rejected"),
+    ({"chosen": "a", "rejected": "b"}, "sft", "chosen_rejected"),
     ({"prompt": "q", "response": "a", "rating": 3}, "rating", "native"),
 ])
 def test_detect_layout_from_keys(row, kind, layout):
@@ -164,6 +166,15 @@ def test_hh_rows_become_chat_pairs(tmp_path):
     assert pair.prompt == [Message(role="user", content="Hi there"), Message(role="assistant", content="Hello!"),
                            Message(role="user", content="Tell me a joke")]
     assert (pair.chosen, pair.rejected) == ("Sure.", "No.")
+
+
+def test_hh_rows_as_prompts_and_as_demonstrations_of_the_chosen_answer(tmp_path):
+    path = _jsonl(tmp_path, [{"chosen": HH + " Sure.", "rejected": HH + " No."}])
+    (prompt,), _ = read_records(path, "prompt")
+    (demo,), _ = read_records(path, "sft")
+    turns = [Message(role="user", content="Hi there"), Message(role="assistant", content="Hello!"),
+             Message(role="user", content="Tell me a joke")]
+    assert prompt.prompt == turns and demo.prompt == turns and demo.response == "Sure."
 
 
 @pytest.mark.parametrize("chosen, rejected, field, problem", [
