@@ -61,13 +61,21 @@ class PPODataConfig(Section):
     task_seed: int = 0
     """Seed of the built-in task's generator (must match the SFT stage's)."""
     prompts_path: str | None = None
-    """Prompt file (JSONL / Parquet / datasets folder of PromptRecords); overrides the task's prompts."""
+    """Prompt file (JSONL / Parquet / datasets folder of PromptRecords, or any layout with prompts,
+    such as HH-RLHF `chosen`/`rejected` rows); overrides the task's prompts."""
+    prompts_skip: int = Field(0, ge=0)
+    """Leading records of `prompts_path` left out of training (e.g. the rows an RM held out)."""
+    eval_prompts_path: str | None = None
+    """Prompt file of the held-out evaluation (its first `n_eval_prompts`); empty = the task's
+    eval split."""
     n_train_prompts: int = Field(4000, gt=0)
-    """Training prompts (from the task's train split, or the first N of the file)."""
+    """Training prompts (from the task's train split, or the first N of the file after `prompts_skip`)."""
     n_eval_prompts: int = Field(64, ge=0)
-    """Held-out prompts for the before/after evaluation (task eval split); 0 skips it."""
+    """Held-out prompts for the before/after evaluation; 0 skips it."""
     max_prompt_tokens: int = Field(64, gt=0)
     """Longer prompts are skipped (and counted in the derived config)."""
+    on_error: Literal["raise", "skip"] = "raise"
+    """Bad records in the prompt files: stop with a file:line error, or skip and count by reason."""
 
 
 class ValueConfig(Section):

@@ -275,7 +275,7 @@ def build_run(cfg: PPOConfig) -> PPORun:
     skips: Counter = Counter()
     prompts = load_prompts(cfg, task, tokenizer, "train", cfg.data.n_train_prompts, skips)
     eval_prompts = load_prompts(cfg, task, tokenizer, "eval", cfg.data.n_eval_prompts, skips) \
-        if task is not None and cfg.data.n_eval_prompts else None
+        if (task is not None or cfg.data.eval_prompts_path) and cfg.data.n_eval_prompts else None
     reward_models = load_reward_models(cfg.reward.rm_paths) if cfg.reward.source == "rm" else []
     critic = build_critic(cfg, reward_models) if spec.needs_values and not head else None
     derived.update(train_prompts=len(prompts.ids), skipped=dict(skips))

@@ -28,13 +28,16 @@ class PromptSet:
 
 
 def load_prompts(cfg: PPOConfig, task, tokenizer, split: str, n: int, skips: Counter) -> PromptSet:
-    """`n` prompts of a task split (or the prompt file for training), tokenised; prompts longer than
+    """`n` prompts of a task split or of the split's prompt file, tokenised; prompts longer than
     `data.max_prompt_tokens` are skipped and counted in `skips`."""
-    if cfg.data.prompts_path and split == "train":
+    path = cfg.data.prompts_path if split == "train" else cfg.data.eval_prompts_path
+    if path:
         from rlhfkit.data import read_records
 
-        records, _ = read_records(cfg.data.prompts_path, kind="prompt", on_error="raise")
-        records = records[:n]
+        records, report = read_records(path, kind="prompt", on_error=cfg.data.on_error)
+        skips.update({f"{split}_{reason}": n for reason, n in report.counts.items()})
+        skip = cfg.data.prompts_skip if split == "train" else 0
+        records = records[skip:skip + n]
     elif task is not None:
         records = task.prompts(split, n)
     else:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from rlhfkit.config.base import load_config
@@ -130,3 +131,30 @@ def test_adaptive_kl_holds_kl_near_target(sft_model, tmp_path):
     kls = [r["kl/ref"] for r in read_metrics(tmp_path / "akl")][40:]
     assert abs(sum(kls) / len(kls) - 2.0) < 0.4, (kls, summary)  # ±20% of target (rlhf-details §4)
     assert summary["kl_coef_final"] > 0.2  # β had to rise to hold the KL down
+
+
+def response_length_reward(prompts, responses, finished):
+    """A reward callable: longer answers score higher (words)."""
+    return [float(len(r.split())) for r in responses]
+
+
+def test_prompt_files_in_hh_layout_with_skip_and_held_out_eval(sft_model, tmp_path):
+    from rlhfkit.tasks import get_task
+
+    prompts = [p.prompt for p in get_task("reviews", seed=0).prompts("train", 40)]
+    rows = [{"chosen": f"\n\nHuman: {p}\n\nAssistant: Good.", "rejected": f"\n\nHuman: {p}\n\nAssistant: Bad."}
+            for p in prompts]
+    rows.insert(3, {"chosen": "\n\nHuman: a\n\nAssistant: x", "rejected": "\n\nHuman: b\n\nAssistant: y"})
+    path = tmp_path / "hh.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    summary = train_ppo(_cfg(sft_model, out, *QUICK, "max_steps=1", "data.task=null", f"data.prompts_path={path}",
+                             "data.prompts_skip=8", f"data.eval_prompts_path={path}", "data.n_eval_prompts=4",
+                             "data.on_error=skip", "reward.source=callable",
+                             f"reward.callable={__name__}:response_length_reward"))
+    derived = yaml.safe_load((out / "config.yaml").read_text())["derived"]
+    # 41 rows, one without a shared prompt (counted), 8 held back for evaluation → 32 training prompts.
+    assert derived["train_prompts"] == 32
+    assert derived["skipped"] == {"train_no_shared_prompt": 1, "eval_no_shared_prompt": 1}
+    assert summary["rm_reward_sft"] is not None and summary["rm_reward_final"] is not None
+    assert "gold_reward_final" not in summary
