@@ -8,6 +8,7 @@ every outcome is 1 and only the upper half of the diagram is tested.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,33 @@ def pairwise_accuracy(r_chosen: Tensor, r_rejected: Tensor) -> float:
         raise ValueError("no pairs")
     wins = (r_chosen > r_rejected).double() + 0.5 * (r_chosen == r_rejected).double()
     return wins.mean().item()
+
+
+def wilson_interval_with_ties(p_hat: float, tie_mass: float, n: int, z: float) -> tuple[float, float]:
+    """Wilson score interval for the mean of n scores in [0, 1].
+
+    For a score s ∈ [0, 1] with mean p, Var(s) = p(1 − p) − c with c = E[s(1 − s)] (c = t/4 when a
+    fraction t of comparisons are ½-ties). Holding the observed c fixed, the interval is the set of p
+    with n(p̂ − p)² ≤ z²(p(1 − p) − c), i.e. the roots of
+
+        (n + z²) p² − (2n p̂ + z²) p + (n p̂² + z² c) = 0.
+
+    With c = 0 (no ties) this is exactly Wilson (1927); with every comparison a tie (p̂ = ½, c = ¼)
+    the interval shrinks to the point ½. The discriminant is 4nz²·(sample variance) + z⁴(1 − 4c) ≥ 0.
+    """
+    a = n + z * z
+    b = 2 * n * p_hat + z * z
+    disc = b * b - 4 * a * (n * p_hat * p_hat + z * z * tie_mass)
+    half = math.sqrt(max(disc, 0.0))
+    return max(0.0, (b - half) / (2 * a)), min(1.0, (b + half) / (2 * a))
+
+
+def pairwise_accuracy_interval(r_chosen: Tensor, r_rejected: Tensor, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Interval for `pairwise_accuracy` (95 % by default): each pair scores 1, ½ (reward tie) or
+    0, and `wilson_interval_with_ties` bounds their mean over the n pairs."""
+    scores = (r_chosen > r_rejected).double() + 0.5 * (r_chosen == r_rejected).double()
+    tie_mass = float((scores * (1 - scores)).mean())
+    return wilson_interval_with_ties(float(scores.mean()), tie_mass, scores.numel(), z)
 
 
 @dataclass(frozen=True)

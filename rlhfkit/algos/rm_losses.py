@@ -1,5 +1,6 @@
-"""Reward-model losses (pairwise, K-wise, Plackett–Luce), their regularisers, margins from
-preference strength, and the combination of several reward models or heads.
+"""Reward-model losses (pairwise, K-wise, Plackett–Luce), their regularisers (zero-centring, an LM
+loss on the chosen response), margins from preference strength, and the combination of several
+reward models or heads.
 
 Conventions: `ranks` use 1 = best, larger = worse, equal values = tie (as `data.schemas.Ranking`);
 `response_mask` (B, K) True = a real response (rows are padded to the largest K). Rewards of
@@ -100,6 +101,26 @@ def centering_loss(r_chosen: Tensor, r_rejected: Tensor, coef: float) -> Tensor:
     offset is free; this pins it near 0. Eisenstein et al. 2023; TRL `center_rewards_coefficient`
     (recommended 0.01)."""
     return coef * ((r_chosen + r_rejected) ** 2).mean()
+
+
+def chosen_lm_loss(logprobs: Tensor, token_mask: Tensor) -> Tensor:
+    """Mean token negative log-likelihood of each chosen response given its prompt, (B, L) → (B,).
+
+    nll_b = −(1/n_b) Σ_t m_{b,t} · log π(y_{b,t} | x_b, y_{b,<t}),   n_b = Σ_t m_{b,t}.
+
+    `logprobs` (B, L): log-probabilities of the chosen response's tokens (each already conditioned
+    on the prompt and the earlier response tokens; `logprobs.logprobs_from_logits` gives them);
+    `token_mask` (B, L) True = a real target token. A row without one gives 0. Values at masked
+    positions are never read. The RM trainer adds lm_coef · mean_b nll_b to the preference loss,
+    each group weighing the same as in the preference loss; MOSS-RLHF instead averages over all
+    chosen tokens of its batch (token-weighted).
+
+    Source: Secrets of RLHF I (Zheng et al. 2023), β_rm; MOSS-RLHF `reward_lm_loss_factor`
+    (rlhf-details b4).
+    """
+    mask = token_mask.bool()
+    total = torch.where(mask, logprobs, 0.0).sum(dim=-1)
+    return -total / mask.sum(dim=-1).clamp(min=1).to(total.dtype)
 
 
 def strength_to_margin(strength: Tensor | int, scale: float = MARGIN_SMALL, max_strength: int = MAX_STRENGTH) -> Tensor:

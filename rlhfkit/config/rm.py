@@ -69,7 +69,7 @@ class RMDataConfig(Section):
 
 
 class RMLossConfig(Section):
-    """The preference loss."""
+    """The preference loss and its regularisers."""
 
     type: Literal["bt", "pl"] = "bt"
     """`bt`: Bradley–Terry over all C(K,2) pairs of a prompt, divided by C(K,2) (InstructGPT);
@@ -80,6 +80,11 @@ class RMLossConfig(Section):
     """Multiplier of the margins (BT only)."""
     centering_coef: float = Field(0.0, ge=0)
     """η of the zero-centring term η·E[(r_c + r_r)²] (Eisenstein et al.; TRL uses 0.01)."""
+    lm_coef: float = Field(0.0, ge=0)
+    """Weight of an LM loss on the chosen response: the loss becomes preference loss + lm_coef ·
+    mean over groups of the mean token NLL of the top-ranked response given the prompt (Secrets of
+    RLHF use 1). Needs a causal-LM backbone with its LM head (not an encoder such as MiniLM); the
+    LM head is kept for training only, the saved RM directory does not include it. 0 = off."""
 
 
 class EarlyStoppingConfig(Section):
@@ -176,4 +181,7 @@ class RMConfig(Section):
             raise ValueError(f"micro_batch_size {self.micro_batch_size} exceeds batch_size {self.batch_size}")
         if self.loss.type == "pl" and self.loss.margin:
             raise ValueError("loss.margin applies to the Bradley–Terry loss only (loss.type = bt)")
+        if self.loss.lm_coef > 0 and self.model.input_format == "pair":
+            raise ValueError("loss.lm_coef > 0 needs a causal-LM backbone; model.input_format = pair is for "
+                             "encoders (set loss.lm_coef = 0)")
         return self

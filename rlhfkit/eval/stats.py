@@ -16,6 +16,8 @@ from typing import Literal
 import numpy as np
 from scipy import optimize, special, stats
 
+from rlhfkit.algos.calibration import wilson_interval_with_ties
+
 DEFAULT_CONFIDENCE = 0.95
 TIE_TOLERANCE = 1e-9
 """A score within this of ½ counts as a tie (averaging two orders, ½(0.9 + 1 − 0.9), is not
@@ -63,25 +65,6 @@ class WinRate:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def wilson_interval_with_ties(p_hat: float, tie_mass: float, n: int, z: float) -> tuple[float, float]:
-    """Wilson score interval for the mean of n scores in [0, 1].
-
-    For a score s ∈ [0, 1] with mean p, Var(s) = p(1 − p) − c with c = E[s(1 − s)] (c = t/4 when a
-    fraction t of comparisons are ½-ties). Holding the observed c fixed, the interval is the set of p
-    with n(p̂ − p)² ≤ z²(p(1 − p) − c), i.e. the roots of
-
-        (n + z²) p² − (2n p̂ + z²) p + (n p̂² + z² c) = 0.
-
-    With c = 0 (no ties) this is exactly Wilson (1927); with every comparison a tie (p̂ = ½, c = ¼)
-    the interval shrinks to the point ½. The discriminant is 4nz²·(sample variance) + z⁴(1 − 4c) ≥ 0.
-    """
-    a = n + z * z
-    b = 2 * n * p_hat + z * z
-    disc = b * b - 4 * a * (n * p_hat * p_hat + z * z * tie_mass)
-    half = math.sqrt(max(disc, 0.0))
-    return max(0.0, (b - half) / (2 * a)), min(1.0, (b + half) / (2 * a))
 
 
 def win_rate(scores: Sequence[float], confidence: float = DEFAULT_CONFIDENCE) -> WinRate:

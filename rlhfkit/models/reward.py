@@ -14,6 +14,11 @@ distribution of responses scores mean 0 and std 1 (lm-human-preferences, rlhf-de
 
 A saved RM directory is a standard HF directory of the backbone and tokenizer (safetensors) plus
 `reward_head.safetensors` and `reward_config.json`; `load_reward_model(dir)` restores it.
+
+For an LM loss on the chosen response (`loss.lm_coef > 0`) the model also holds the causal LM's
+output embeddings (`lm_head`; the input embeddings themselves when tied) and computes logits only
+at the positions that predict the chosen response's tokens. The LM head serves training only: it
+is in checkpoints, not in the saved RM directory.
 """
 
 from __future__ import annotations
@@ -28,15 +33,21 @@ from typing import Callable, Sequence
 
 import torch
 
+from rlhfkit.algos.logprobs import logprobs_from_logits
 from rlhfkit.config.rm import RMModelConfig
+from rlhfkit.data.chat import drop_oldest_turn, prompt_to_messages
 from rlhfkit.data.collate import right_pad
-from rlhfkit.models.loading import apply_lora, disable_dropout, load_tokenizer
+from rlhfkit.models.loading import apply_lora, disable_dropout, load_tokenizer, resolve_model_path
 from rlhfkit.models.text import encode_prompt, encode_response, plain_prompt_text
 
 HEAD_FILE = "reward_head.safetensors"
 CONFIG_FILE = "reward_config.json"
 FORMAT_VERSION = 1
 INPUT_FORMATS = ("chat", "plain", "pair")
+LM_LOSS_NEEDS = "loss.lm_coef > 0 (an LM loss on the chosen response) needs a causal-LM backbone with its LM head"
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+"""Config fields of HF causal LMs whose logits are not plain lm_head(hidden) (Gemma 2 soft-capping,
+Cohere and Granite scaling); the LM loss computes lm_head(hidden) and refuses them."""
 
 
 @dataclass(frozen=True)
@@ -72,8 +83,34 @@ def shares_prompt(group: Sequence[RMInput]) -> bool:
     return p > 0 and all(x.prompt_len == p and x.ids[:p] == group[0].ids[:p] for x in group)
 
 
+def lm_positions(spans: Sequence[tuple[int, int, int, Sequence[int]]]) -> dict[str, torch.Tensor]:
+    """Where the LM loss reads, one span per group: (row, context column, first column, ids) of the
+    chosen response. The state at the context column (the prompt's last token; −1 = none, e.g. a
+    prompt truncated away) predicts the response's first token, and each response token's state
+    predicts the next one, its EOS last. Returns `lm_at` (G, L, 2) (row, column) of each
+    predicting state, `lm_targets` (G, L) the token it predicts and `lm_mask` (G, L) True = real;
+    padding points at (0, 0) with token 0."""
+    at, targets = [], []
+    for row, context, start, ids in spans:
+        sources = [context] + list(range(start, start + len(ids) - 1))
+        kept = [(c, t) for c, t in zip(sources, ids) if c >= 0]
+        at.append([(row, c) for c, _ in kept])
+        targets.append([t for _, t in kept])
+    width = max(1, max(len(t) for t in targets))
+    lm_at = torch.zeros(len(spans), width, 2, dtype=torch.long)
+    lm_targets = torch.zeros(len(spans), width, dtype=torch.long)
+    lm_mask = torch.zeros(len(spans), width, dtype=torch.bool)
+    for g, (where, tokens) in enumerate(zip(at, targets)):
+        if tokens:
+            lm_at[g, : len(tokens)] = torch.tensor(where)
+            lm_targets[g, : len(tokens)] = torch.tensor(tokens)
+            lm_mask[g, : len(tokens)] = True
+    return {"lm_at": lm_at, "lm_targets": lm_targets, "lm_mask": lm_mask}
+
+
 def collate_shared_prompt(groups: Sequence[Sequence[RMInput]], pad_id: int,
-                          float_mask_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+                          float_mask_dtype: torch.dtype | None = None,
+                          lm_response: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
     """Pack each group (K responses to one prompt, all with the same `prompt_len` prompt ids)
     into ONE row `prompt, response_1, …, response_K`, so a causal backbone runs the prompt once.
 
@@ -84,8 +121,10 @@ def collate_shared_prompt(groups: Sequence[Sequence[RMInput]], pad_id: int,
     response's last token, responses in group order; `token_mask` (G, T) True = real token.
     With `float_mask_dtype` the mask is additive instead (0 = attend, dtype min = blocked), for
     eager attention. The rewards equal those of separate prompt+response rows (causal attention
-    and per-response positions make every response token see the same context)."""
-    rows, positions, segments, read_at = [], [], [], []
+    and per-response positions make every response token see the same context).
+    `lm_response` (one index per group) adds `lm_positions` of those responses: the prompt's last
+    token predicts the response's first, each response token the next inside its own segment."""
+    rows, positions, segments, read_at, spans = [], [], [], [], []
     for g, group in enumerate(groups):
         if not shares_prompt(group):
             raise ValueError("prompt sharing needs every response of a group to follow the same prompt ids")
@@ -93,6 +132,8 @@ def collate_shared_prompt(groups: Sequence[Sequence[RMInput]], pad_id: int,
         row, pos, seg = list(group[0].ids[:p]), list(range(p)), [0] * p
         for k, x in enumerate(group, start=1):
             response = x.ids[p:]
+            if lm_response is not None and k - 1 == lm_response[g]:
+                spans.append((g, p - 1, len(row), response))
             row += response
             pos += range(p, p + len(response))
             seg += [k] * len(response)
@@ -111,8 +152,9 @@ def collate_shared_prompt(groups: Sequence[Sequence[RMInput]], pad_id: int,
     mask = allowed.unsqueeze(1)
     if float_mask_dtype is not None:
         mask = torch.zeros(mask.shape, dtype=float_mask_dtype).masked_fill(~mask, torch.finfo(float_mask_dtype).min)
-    return {"input_ids": ids, "position_ids": position_ids, "attention_mask": mask,
-            "read_at": torch.tensor(read_at, dtype=torch.long), "token_mask": token_mask}
+    out = {"input_ids": ids, "position_ids": position_ids, "attention_mask": mask,
+           "read_at": torch.tensor(read_at, dtype=torch.long), "token_mask": token_mask}
+    return out if lm_response is None else {**out, **lm_positions(spans)}
 
 
 def resolve_input_format(tokenizer, input_format: str) -> str:
@@ -136,7 +178,7 @@ class RewardModel(torch.nn.Module):
     """Backbone + linear head (H outputs) at the last real token; see the module docstring."""
 
     def __init__(self, backbone, tokenizer, num_heads: int = 1, input_format: str = "auto",
-                 max_length: int = 512, head_std: float | None = None):
+                 max_length: int = 512, head_std: float | None = None, lm_head: torch.nn.Module | None = None):
         super().__init__()
         if getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None  # BERT's pooler is unused here (and would get no gradient under DDP)
@@ -144,6 +186,10 @@ class RewardModel(torch.nn.Module):
         self.tokenizer = tokenizer
         self.input_format = resolve_input_format(tokenizer, input_format)
         self.max_length = max_length
+        if lm_head is not None and not self.can_share_prompt:
+            raise ValueError(f"{LM_LOSS_NEEDS}; {type(backbone).__name__} with input format "
+                             f"{self.input_format!r} is not one (an encoder or encoder-decoder)")
+        self.lm_head = lm_head  # the causal LM's output embeddings (tied: the input embeddings) or None
         hidden = backbone.config.hidden_size
         self.head = torch.nn.Linear(hidden, num_heads)
         # N(0, 1/√(d+1)) weights and zero bias (lm-human-preferences; rlhf-details b3).
@@ -160,19 +206,41 @@ class RewardModel(torch.nn.Module):
 
     # ------------------------------------------------------------------ encoding
     def encode(self, prompt, response: str, finished: bool = True) -> RMInput:
-        """Token ids of one prompt+response in this model's input format, at most `max_length`
-        long (chat/plain drop the start of the prompt, pair truncates the longer segment)."""
+        """Token ids of one prompt+response in this model's input format (see `encode_group`)."""
+        return self.encode_group(prompt, [response], [finished])[0]
+
+    def encode_group(self, prompt, responses: Sequence[str], finished: Sequence[bool]) -> list[RMInput]:
+        """Token ids of each prompt+response, at most `max_length` long, truncated from the
+        left so the last turns survive. chat/plain: the oldest exchanges of a conversation are
+        dropped until the longest response fits (the same prompt for every response, so they
+        are compared on one context), then the first tokens of what is left are cut; pair: the
+        longer segment is trimmed from its start (`longest_first`, left side)."""
         tok = self.tokenizer
         if self.input_format == "pair":
-            out = tok(plain_prompt_text(prompt), response, truncation=True, max_length=self.max_length)
-            return RMInput(list(out["input_ids"]), list(out["token_type_ids"]) if "token_type_ids" in out else None)
+            tok.truncation_side = "left"
+            outs = [tok(plain_prompt_text(prompt), r, truncation="longest_first", max_length=self.max_length)
+                    for r in responses]
+            return [RMInput(list(o["input_ids"]), list(o["token_type_ids"]) if "token_type_ids" in o else None)
+                    for o in outs]
+        response_ids = [encode_response(tok, r, f) for r, f in zip(responses, finished)]
+        longest = max(len(r) for r in response_ids)
+        messages = prompt_to_messages(prompt)
+        prompt_ids = self._prompt_ids(messages)
+        while len(prompt_ids) + longest > self.max_length:
+            shorter = drop_oldest_turn(messages)
+            if not any(m.role == "user" for m in shorter):
+                break  # keep the last user turn; its start is cut below
+            messages, prompt_ids = shorter, self._prompt_ids(shorter)
+        inputs = []
+        for r in response_ids:
+            cut = max(0, len(prompt_ids) + len(r) - self.max_length)
+            inputs.append(RMInput((list(prompt_ids) + r)[cut:], prompt_len=max(0, len(prompt_ids) - cut)))
+        return inputs
+
+    def _prompt_ids(self, messages) -> list[int]:
         if self.input_format == "chat":
-            prompt_ids = encode_prompt(tok, prompt)
-        else:
-            prompt_ids = tok(plain_prompt_text(prompt), add_special_tokens=False)["input_ids"]
-        ids = list(prompt_ids) + encode_response(tok, response, finished)
-        cut = max(0, len(ids) - self.max_length)
-        return RMInput(ids[cut:], prompt_len=max(0, len(prompt_ids) - cut))
+            return encode_prompt(self.tokenizer, messages)
+        return self.tokenizer(plain_prompt_text(messages), add_special_tokens=False)["input_ids"]
 
     def collate(self, inputs: Sequence[RMInput]) -> dict[str, torch.Tensor]:
         return collate_inputs(inputs, self.tokenizer.pad_token_id)
@@ -182,26 +250,44 @@ class RewardModel(torch.nn.Module):
         """Prompt sharing needs causal attention: decoder trunks in chat/plain format, not encoders."""
         return self.input_format != "pair" and not getattr(self.backbone.config, "is_encoder_decoder", False)
 
-    def collate_groups(self, groups: Sequence[Sequence[RMInput]]) -> dict[str, torch.Tensor]:
+    def collate_groups(self, groups: Sequence[Sequence[RMInput]],
+                       lm_response: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
         """Forward inputs for groups of responses: one shared-prompt row per group when the
         backbone is causal and no prompt was truncated (`collate_shared_prompt`), else one row
         per response. Either way the
-        model's output rows are the responses in group order; `token_mask` marks real tokens."""
+        model's output rows are the responses in group order; `token_mask` marks real tokens.
+        `lm_response` (one index per group) adds the LM-loss positions of those responses
+        (`lm_positions`; needs the LM head)."""
+        if lm_response is not None and self.lm_head is None:
+            raise ValueError("LM-loss positions need a RewardModel built with its LM head")
         if not (self.can_share_prompt and all(shares_prompt(g) for g in groups)):
-            batch = self.collate([x for g in groups for x in g])
-            return {**batch, "token_mask": batch["attention_mask"]}
+            flat = [x for g in groups for x in g]
+            batch = self.collate(flat)
+            batch["token_mask"] = batch["attention_mask"]
+            if lm_response is not None:
+                rows = [sum(len(g) for g in groups[:n]) + k for n, k in enumerate(lm_response)]
+                batch.update(lm_positions([(r, flat[r].prompt_len - 1, flat[r].prompt_len,
+                                            flat[r].ids[flat[r].prompt_len:]) for r in rows]))
+            return batch
         eager = getattr(self.backbone.config, "_attn_implementation", "sdpa") == "eager"
-        return collate_shared_prompt(groups, self.tokenizer.pad_token_id, self.head.weight.dtype if eager else None)
+        return collate_shared_prompt(groups, self.tokenizer.pad_token_id, self.head.weight.dtype if eager else None,
+                                     lm_response)
 
     # ------------------------------------------------------------------ scoring
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 read_at: torch.Tensor | None = None, token_mask: torch.Tensor | None = None,
-                normalized: bool = False) -> torch.Tensor:
+                normalized: bool = False, lm_at: torch.Tensor | None = None,
+                lm_targets: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Rewards (N, H). Plain batches: right-padded (B, T) inputs and mask, read at each row's
         last real token (N = B). Shared-prompt batches (`collate_groups`): a 4-D mask, position
         ids and `read_at` (N, 2) (row, column) of each response's last token. `token_mask` is
-        bookkeeping for the caller and unused here. `normalized` applies r·g + b."""
+        bookkeeping for the caller and unused here. `normalized` applies r·g + b.
+
+        With `lm_at` (G, L, 2) and `lm_targets` (G, L) (`lm_positions`) it returns (rewards,
+        logprobs): logprobs (G, L) fp32 = log π(lm_targets | the state at lm_at), the LM head
+        applied at those G·L states only (not at every position of the batch); the caller masks
+        the padding with `lm_mask`."""
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         if position_ids is not None:
             extra["position_ids"] = position_ids
@@ -211,7 +297,12 @@ class RewardModel(torch.nn.Module):
             rows = torch.arange(hidden.shape[0], device=hidden.device)
             read_at = torch.stack([rows, last_token_index(attention_mask)], dim=1)
         rewards = self.head(hidden[read_at[:, 0], read_at[:, 1]]).float()
-        return rewards * self.norm_gain + self.norm_bias if normalized else rewards
+        if normalized:
+            rewards = rewards * self.norm_gain + self.norm_bias
+        if lm_at is None:
+            return rewards
+        states = hidden[lm_at[..., 0], lm_at[..., 1]]  # (G, L, d)
+        return rewards, logprobs_from_logits(self.lm_head(states), lm_targets)
 
     @torch.no_grad()
     def score_texts(self, prompts: Sequence, responses: Sequence[str], finished: Sequence[bool] | None = None,
@@ -275,27 +366,43 @@ class RewardModel(torch.nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, num_heads: int = 1, input_format: str = "auto",
-                        max_length: int = 512, dtype=None) -> "RewardModel":
+                        max_length: int = 512, dtype=None, lm_head: bool = False) -> "RewardModel":
         """A fresh head on the `AutoModel` trunk of a local HF dir (causal LM or encoder); the
-        LM head, if any, is dropped."""
-        from transformers import AutoModel
+        LM head, if any, is dropped unless `lm_head` (then the dir must hold a causal LM)."""
+        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-        backbone = AutoModel.from_pretrained(str(path), dtype=dtype)
-        return cls(backbone, load_tokenizer(path), num_heads, input_format, max_length)
+        if not lm_head:
+            backbone = AutoModel.from_pretrained(resolve_model_path(path), dtype=dtype)
+            return cls(backbone, load_tokenizer(path), num_heads, input_format, max_length)
+        architectures = AutoConfig.from_pretrained(resolve_model_path(path)).architectures or []
+        if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+            raise ValueError(f"{LM_LOSS_NEEDS}; {path} holds {architectures or 'no architecture'} "
+                             "(an encoder, or a trunk without LM head)")
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=dtype)
+        return cls.from_causal_lm(model, load_tokenizer(path), num_heads, input_format, max_length, lm_head=True)
 
     @classmethod
     def from_causal_lm(cls, model, tokenizer, num_heads: int = 1, input_format: str = "auto",
-                       max_length: int = 512) -> "RewardModel":
-        """A fresh head on the trunk of an in-memory causal LM (its LM head is dropped)."""
-        return cls(model.base_model, tokenizer, num_heads, input_format, max_length)
+                       max_length: int = 512, lm_head: bool = False) -> "RewardModel":
+        """A fresh head on the trunk of an in-memory causal LM; its LM head (output embeddings,
+        the same tensor as the input embeddings when tied) is kept when `lm_head`, else dropped."""
+        if not lm_head:
+            return cls(model.base_model, tokenizer, num_heads, input_format, max_length)
+        transforms = [k for k in LOGIT_TRANSFORMS if getattr(model.config, k, None) not in (None, 1, 1.0)]
+        if transforms:
+            raise ValueError(f"{LM_LOSS_NEEDS} whose logits are lm_head(hidden); this one also applies {transforms}")
+        return cls(model.base_model, tokenizer, num_heads, input_format, max_length,
+                   lm_head=model.get_output_embeddings())
 
 
 def is_reward_model_dir(path: str | Path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
 
-def load_reward_model(path: str | Path, dtype=None) -> RewardModel:
-    """Restore a directory written by `RewardModel.save` (backbone, tokenizer, head, normalisation)."""
+def load_reward_model(path: str | Path, dtype=None, lm_head: bool = False) -> RewardModel:
+    """Restore a directory written by `RewardModel.save` (backbone, tokenizer, head, normalisation).
+    The directory holds no LM head; `lm_head` rebuilds one only where the backbone ties it to
+    its input embeddings."""
     from safetensors.torch import load_file
     from transformers import AutoModel
 
@@ -306,8 +413,16 @@ def load_reward_model(path: str | Path, dtype=None) -> RewardModel:
     if config.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}/{CONFIG_FILE}: unsupported format_version {config.get('format_version')}")
     backbone = AutoModel.from_pretrained(str(path), dtype=dtype)
+    head = None
+    if lm_head:
+        if not getattr(backbone.config, "tie_word_embeddings", False):
+            raise ValueError(f"{LM_LOSS_NEEDS}; {path} is a saved RM, which keeps no (untied) LM head: start "
+                             "from the causal LM instead (e.g. the SFT run's model/)")
+        embeddings = backbone.get_input_embeddings()
+        head = torch.nn.Linear(embeddings.embedding_dim, embeddings.num_embeddings, bias=False)
+        head.weight = embeddings.weight  # tied: the same tensor, trained through both uses
     model = RewardModel(backbone, load_tokenizer(path), config["num_heads"], config["input_format"],
-                        config["max_length"])
+                        config["max_length"], lm_head=head)
     tensors = load_file(str(path / HEAD_FILE))
     with torch.no_grad():
         model.head.weight.copy_(tensors["weight"])
@@ -340,27 +455,32 @@ def freeze_lower(backbone, embeddings: bool, n_layers: int) -> None:
         module.requires_grad_(False)
 
 
-def build_reward_model(cfg: RMModelConfig, corpus_fn: Callable[[int], list[str]], seed: int) -> RewardModel:
+def build_reward_model(cfg: RMModelConfig, corpus_fn: Callable[[int], list[str]], seed: int,
+                       lm_head: bool = False) -> RewardModel:
     """The RM a config asks for: a saved RM dir (training continues), a fresh head on an HF dir,
     or on a tiny Llama built from `cfg.tiny` with a tokenizer trained on `corpus_fn(n)`; then
     dropout off, freezing and LoRA (PEFT, FEATURE_EXTRACTION) as configured. The head is
-    initialised from torch's RNG under `seed`."""
+    initialised from torch's RNG under `seed`. `lm_head` keeps the causal LM's output
+    embeddings for an LM loss (`loss.lm_coef`); `freeze_embeddings` and LoRA freeze them too."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         if cfg.path and is_reward_model_dir(cfg.path):
-            model = load_reward_model(cfg.path)
+            model = load_reward_model(cfg.path, lm_head=lm_head)
         elif cfg.path:
-            model = RewardModel.from_pretrained(cfg.path, cfg.num_heads, cfg.input_format, cfg.max_length)
+            model = RewardModel.from_pretrained(cfg.path, cfg.num_heads, cfg.input_format, cfg.max_length,
+                                                lm_head=lm_head)
         else:
             from rlhfkit.models.tiny import build_tiny_causal_lm
 
             lm, tokenizer = build_tiny_causal_lm(cfg.tiny, corpus_fn(cfg.tiny.tokenizer_lines), seed)
             model = RewardModel.from_causal_lm(lm, tokenizer, cfg.num_heads, cfg.input_format,
-                                               min(cfg.max_length, cfg.tiny.max_positions))
+                                               min(cfg.max_length, cfg.tiny.max_positions), lm_head=lm_head)
     if cfg.disable_dropout:
         disable_dropout(model.backbone)
     if cfg.freeze_embeddings or cfg.freeze_layers:
         freeze_lower(model.backbone, cfg.freeze_embeddings, cfg.freeze_layers)
+    if model.lm_head is not None and (cfg.freeze_embeddings or cfg.lora.enabled):
+        model.lm_head.requires_grad_(False)
     if cfg.lora.enabled:
         model.backbone = apply_lora(model.backbone, cfg.lora, task_type="FEATURE_EXTRACTION")
     return model

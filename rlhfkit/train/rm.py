@@ -7,6 +7,10 @@ so each response is seen once per epoch and the loss is the mean over the prompt
 (InstructGPT §3.5; rlhf-details a2). The optimiser-step loss is the mean over the *global*
 batch's groups, whatever the split into processes and micro-batches.
 
+With `loss.lm_coef > 0` the same forward also scores the top-ranked response's tokens with the
+causal LM's head, and lm_coef · its mean token NLL is added to the loss (Secrets of RLHF;
+rlhf-details b4).
+
 Batches are length-grouped (prompts of similar token length together, batch order random), so
 little compute goes to padding. After training the reward is normalised to mean 0 / std 1 on
 reference responses (rlhf-details b7) and saved as an RM directory (`rlhfkit.models.reward`).
@@ -64,6 +68,13 @@ class Group:
         """Its longest sequence: the padded width when every response gets its own row."""
         return max(len(x.ids) for x in self.inputs)
 
+    @property
+    def has_identical_inputs(self) -> bool:
+        """Two responses ranked differently tokenise to the same model input (e.g. after
+        truncation): the preference between them cannot be learnt."""
+        keys = [(tuple(x.ids), tuple(x.type_ids or ())) for x in self.inputs]
+        return any(keys[i] == keys[j] for i, j in self.pairs())
+
     def pairs(self) -> list[tuple[int, int]]:
         """(better, worse) index pairs with different ranks."""
         return [(i, j) if self.ranks[i] < self.ranks[j] else (j, i)
@@ -93,7 +104,7 @@ def _group_from_record(rec, kind: str, model: RewardModel, margin_scale: float) 
         return None
     finished = tuple(rec.meta.get("finished", [True] * len(responses)) if kind == "ranking"
                      else [True] * len(responses))
-    inputs = tuple(model.encode(rec.prompt, r, f) for r, f in zip(responses, finished))
+    inputs = tuple(model.encode_group(rec.prompt, responses, finished))
     return Group(rec.prompt, tuple(responses), finished, inputs, ranks, margins, bucket, gold)
 
 
@@ -130,7 +141,11 @@ def read_groups(path: str, kind: str, model: RewardModel, on_error: str, margin_
     groups = [_group_from_record(r, kind, model, margin_scale) for r in records]
     for _ in range(sum(g is None for g in groups)):
         skips.count("no_strict_preference", f"{path}: a record whose responses all tie")
-    return [g for g in groups if g is not None]
+    groups = [g for g in groups if g is not None]
+    for _ in range(sum(g.has_identical_inputs for g in groups)):
+        skips.count("identical_after_truncation",
+                    f"{path}: responses identical after truncation to model.max_length tokens")
+    return [g for g in groups if not g.has_identical_inputs]
 
 
 def sample_candidates(model_dir: str, prompts: list[str], k: int, temperature: float, max_new_tokens: int,
@@ -240,10 +255,12 @@ def forward_width(group: Group, model: RewardModel) -> int:
     return group.length
 
 
-def group_batch(groups: list[Group], model: RewardModel) -> tuple[dict, dict]:
+def group_batch(groups: list[Group], model: RewardModel, lm: bool = False) -> tuple[dict, dict]:
     """One forward's inputs (`RewardModel.collate_groups`: a shared-prompt row per group, or a
     row per response) and the group layout: `index` (B, K) output row of each response, `ranks`,
-    `response_mask` (True = real), `margins` (B, K, K) or None, and token counts."""
+    `response_mask` (True = real), `margins` (B, K, K) or None, and token counts. With `lm` the
+    inputs also carry the LM-loss positions of each group's chosen response (the first of its
+    best-ranked ones) and the layout their `lm_mask` (B, L), True = a real target token."""
     width = max(len(g.ranks) for g in groups)
     index = torch.zeros(len(groups), width, dtype=torch.long)
     ranks = torch.full((len(groups), width), width + 1, dtype=torch.long)
@@ -257,11 +274,13 @@ def group_batch(groups: list[Group], model: RewardModel) -> tuple[dict, dict]:
         if margins is not None and g.margins:
             margins[b, :k, :k] = torch.tensor(g.margins)
         row += k
-    batch = model.collate_groups([g.inputs for g in groups])
+    chosen = [g.ranks.index(min(g.ranks)) for g in groups] if lm else None
+    batch = model.collate_groups([g.inputs for g in groups], chosen)
     token_mask = batch.pop("token_mask")
     counts = {"tokens": sum(len(x.ids) for g in groups for x in g.inputs), "forward_tokens": int(token_mask.sum()),
               "padded_tokens": token_mask.numel()}
-    return batch, {"index": index, "ranks": ranks, "response_mask": mask, "margins": margins, **counts}
+    return batch, {"index": index, "ranks": ranks, "response_mask": mask, "margins": margins,
+                   "lm_mask": batch.pop("lm_mask", None), **counts}
 
 
 def group_loss(rewards: torch.Tensor, layout: dict, loss_type: str, centering_coef: float) -> torch.Tensor:
@@ -289,26 +308,33 @@ def group_loss(rewards: torch.Tensor, layout: dict, loss_type: str, centering_co
 
 def rm_step(model, optimizer, scheduler, accelerator, groups: list[Group], indices: list[int], plan: BatchPlan,
             cfg: RMConfig, rm: RewardModel) -> dict:
-    """One optimiser step over the global batch `indices`; returns the loss (this process's share
-    scaled to the global batch, summed across processes) and global counts: `real_tokens` (the
-    prompt+response tokens of every response, what a pairwise trainer would run), `forward_tokens`
-    (the real tokens actually run: a shared prompt counts once), `padded_tokens` and `pairs`."""
+    """One optimiser step over the global batch `indices`; returns the preference `loss` and, with
+    `loss.lm_coef > 0`, the chosen responses' mean token NLL `lm_loss` (each a mean over the global
+    batch's groups: this process's share scaled, summed across processes) and global counts:
+    `real_tokens` (the prompt+response tokens of every response, what a pairwise trainer would
+    run), `forward_tokens` (the real tokens actually run: a shared prompt counts once),
+    `padded_tokens` and `pairs`."""
+    from rlhfkit.algos.rm_losses import chosen_lm_loss
+
+    lm = cfg.loss.lm_coef > 0
     micro_batches = plan.micro_batches(indices, accelerator.process_index)
-    total = torch.zeros((), device=accelerator.device)
+    total = torch.zeros(2, device=accelerator.device)  # preference loss, LM loss
     tokens = forward = padded = pairs = 0
     for k, micro in enumerate(micro_batches):
         chunk = [groups[i] for i in micro]
-        batch, layout = group_batch(chunk, rm)
+        batch, layout = group_batch(chunk, rm, lm)
         batch = {name: t.to(accelerator.device) for name, t in batch.items()}
         layout["index"] = layout["index"].to(accelerator.device)
         # DDP averages gradients over processes, so each scales by num_processes / global groups.
         scale = len(micro) * plan.num_processes / cfg.batch_size
         sync = k == len(micro_batches) - 1
         with accelerator.autocast(), (nullcontext() if sync else accelerator.no_sync(model)):
-            rewards = model(**batch)
-            loss = group_loss(rewards.float(), layout, cfg.loss.type, cfg.loss.centering_coef) * scale
-            accelerator.backward(loss)
-        total += loss.detach() / plan.num_processes
+            rewards, logprobs = model(**batch) if lm else (model(**batch), None)
+            loss = group_loss(rewards.float(), layout, cfg.loss.type, cfg.loss.centering_coef)
+            nll = (chosen_lm_loss(logprobs, layout["lm_mask"].to(accelerator.device)).mean() if lm
+                   else torch.zeros_like(loss))
+            accelerator.backward((loss + cfg.loss.lm_coef * nll) * scale)
+        total += torch.stack([loss, nll]).detach() * scale / plan.num_processes
         tokens, forward, padded = tokens + layout["tokens"], forward + layout["forward_tokens"], padded + layout[
             "padded_tokens"]
         pairs += sum(len(g.pairs()) for g in chunk)
@@ -319,7 +345,8 @@ def rm_step(model, optimizer, scheduler, accelerator, groups: list[Group], indic
     optimizer.zero_grad(set_to_none=True)
     counts = torch.tensor([tokens, forward, padded, pairs], dtype=torch.float64, device=accelerator.device)
     counts = accelerator.reduce(counts, reduction="sum").tolist()
-    return {"loss": float(accelerator.reduce(total, reduction="sum")), "real_tokens": counts[0],
+    losses = accelerator.reduce(total, reduction="sum").tolist()
+    return {"loss": losses[0], **({"lm_loss": losses[1]} if lm else {}), "real_tokens": counts[0],
             "forward_tokens": counts[1], "padded_tokens": counts[2], "pairs": counts[3]}
 
 
@@ -361,10 +388,12 @@ def _finite(x) -> float | None:
 def evaluate_rm(model: RewardModel, groups: list[Group], cfg: RMConfig, autocast, tau: float | None) -> dict:
     """Held-out figures over every strict pair of every group (multi-head models: on the mean
     over heads): `eval/loss` mean −log σ(r_better − r_worse) (no margin, so BT and PL runs
-    compare), `eval/accuracy` (reward ties count ½), ECE and reliability table over both
+    compare), `eval/accuracy` (reward ties count ½) with its 95 % Wilson interval
+    (`eval/accuracy_low`, `_high`), ECE and reliability table over both
     orientations of each pair, accuracy by strength/margin or gold-gap bucket, and with gold
     rewards the accuracy against the noiseless order and the Bayes ceiling of the labels."""
-    from rlhfkit.algos.calibration import expected_calibration_error, pairwise_accuracy, reliability_table
+    from rlhfkit.algos.calibration import (expected_calibration_error, pairwise_accuracy,
+                                           pairwise_accuracy_interval, reliability_table)
     from rlhfkit.tasks import bayes_ceiling
 
     scores = [s.mean(1) for s in score_groups(model, groups, cfg.eval.batch_size, autocast)]
@@ -385,8 +414,10 @@ def evaluate_rm(model: RewardModel, groups: list[Group], cfg: RMConfig, autocast
     by_bucket = defaultdict(list)
     for n, b in enumerate(buckets):
         by_bucket[b].append(n)
+    accuracy_low, accuracy_high = pairwise_accuracy_interval(diff, zeros)
     out = {"eval/loss": float(torch.nn.functional.softplus(-diff).mean()),
            "eval/accuracy": pairwise_accuracy(diff, zeros), "eval/pairs": len(diffs),
+           "eval/accuracy_low": accuracy_low, "eval/accuracy_high": accuracy_high,
            "eval/ece": expected_calibration_error(probs, outcomes, cfg.eval.n_bins),
            "reliability_table": [
                {"bin": [float(lo), float(hi)], "confidence": _finite(c), "accuracy": _finite(a), "count": int(n)}
@@ -481,7 +512,7 @@ def train_rm(cfg: RMConfig) -> dict:
         from rlhfkit.tasks import get_task
 
         corpus = get_task(cfg.data.task, seed=cfg.data.task_seed).corpus
-    rm = build_reward_model(cfg.model, corpus, cfg.run.seed)
+    rm = build_reward_model(cfg.model, corpus, cfg.run.seed, lm_head=cfg.loss.lm_coef > 0)
     skips = SkipReport()
     train, held, task, tau = load_rm_data(cfg, rm, run, is_main, skips, accelerator.wait_for_everyone)
 
@@ -524,7 +555,9 @@ def train_rm(cfg: RMConfig) -> dict:
             state["step"] += 1
             steps_this_run += 1
             step = state["step"]
-            metrics = {"train/loss": stats["loss"], "train/lr": scheduler.get_last_lr()[0],
+            metrics = {"train/loss": stats["loss"],
+                       **({"train/lm_loss": stats["lm_loss"]} if "lm_loss" in stats else {}),
+                       "train/lr": scheduler.get_last_lr()[0],
                        "train/padding_fraction": 1 - stats["forward_tokens"] / stats["padded_tokens"],
                        "perf/tokens_per_s": state["real_tokens"] / state["train_seconds"],
                        "perf/pairs_per_s": state["pairs"] / state["train_seconds"]}
@@ -565,7 +598,9 @@ def finish_rm(cfg: RMConfig, model: RewardModel, held: list[Group], task, tau, t
         model = load_reward_model(run.path / "best").to(accelerator.device)
     evaluation = evaluate_rm(model, held, cfg, accelerator.autocast, tau)
     summary = {"steps": state["step"], "best_step": state["best_step"], "stopped_early": state["stopped_early"],
-               "eval_accuracy": evaluation["eval/accuracy"], "eval_loss": evaluation["eval/loss"],
+               "eval_accuracy": evaluation["eval/accuracy"],
+               "eval_accuracy_ci95": [evaluation["eval/accuracy_low"], evaluation["eval/accuracy_high"]],
+               "eval_loss": evaluation["eval/loss"],
                "ece": evaluation["eval/ece"], "bayes_ceiling": evaluation.get("eval/bayes_ceiling"),
                "gold_accuracy": evaluation.get("eval/gold_accuracy"), "eval_pairs": evaluation["eval/pairs"],
                "accuracy_by_bucket": evaluation["accuracy_by_bucket"],

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from rlhfkit.algos.calibration import expected_calibration_error, pairwise_accuracy, reliability_table
+from rlhfkit.algos.calibration import (expected_calibration_error, pairwise_accuracy, pairwise_accuracy_interval,
+                                       reliability_table)
 
 
 def test_pairwise_accuracy_counts_ties_half():
@@ -39,3 +40,16 @@ def test_reliability_table_bins_and_edges():
     assert edge.count.tolist() == [1, 1, 0, 1, 0, 0, 0, 0, 0, 0]
     with pytest.raises(ValueError):
         reliability_table(torch.tensor([1.2]), torch.tensor([1]))
+
+
+def test_pairwise_accuracy_interval_is_wilson_on_the_pair_scores():
+    # 8 of 10 pairs right, 1 reward tie (½), 1 wrong: mean 0.85, tie mass c = ¼·(1/10).
+    chosen = torch.tensor([1.0] * 8 + [0.0, 0.0])
+    rejected = torch.tensor([0.0] * 8 + [0.0, 1.0])
+    low, high = pairwise_accuracy_interval(chosen, rejected)
+    n, z, p, c = 10, 1.959963984540054, 0.85, 0.025
+    # Roots of (n + z²)p² − (2np̂ + z²)p + (np̂² + z²c) = 0, by hand.
+    a, b, k = n + z * z, 2 * n * p + z * z, n * p * p + z * z * c
+    root = math.sqrt(b * b - 4 * a * k)
+    assert low == pytest.approx((b - root) / (2 * a)) and high == pytest.approx((b + root) / (2 * a))
+    assert low < 0.85 < high

@@ -10,6 +10,7 @@ from rlhfkit.algos.rm_losses import (
     MARGIN_LARGE,
     bradley_terry_loss,
     centering_loss,
+    chosen_lm_loss,
     combine_rewards,
     grouped_pairwise_loss,
     plackett_luce_loss,
@@ -194,3 +195,35 @@ def test_combine_rewards():
         combine_rewards(rewards, "mean_minus_std")
     with pytest.raises(ValueError, match="weighted_sum"):
         combine_rewards(rewards, "max")
+
+
+def test_chosen_lm_loss_by_hand():
+    from rlhfkit.algos.logprobs import logprobs_from_logits
+
+    # Vocabulary of 2 with logits (0, ln 3): p = (1/4, 3/4) at every position. Response 1 has
+    # targets (1, 0, 1) → NLL (ln(4/3) + ln 4 + ln(4/3)) / 3; response 2 has one target, 0 → ln 4,
+    # with large garbage logits behind its mask; response 3 has no target → 0.
+    logits = torch.tensor([0.0, math.log(3.0)], dtype=F64).repeat(3, 3, 1)
+    logits[1, 1:] = torch.tensor([-1e4, 1e4], dtype=F64)
+    targets = torch.tensor([[1, 0, 1], [0, 0, 0], [0, 0, 0]])
+    mask = torch.tensor([[True, True, True], [True, False, False], [False, False, False]])
+    nll = chosen_lm_loss(logprobs_from_logits(logits, targets), mask)
+    expected = [(2 * math.log(4 / 3) + math.log(4)) / 3, math.log(4), 0.0]
+    torch.testing.assert_close(nll, torch.tensor(expected, dtype=F64), rtol=1e-12, atol=1e-15)
+    # NaN log-probs at masked positions are never read: finite value, zero gradient there.
+    logprobs = torch.tensor([[-1.0, -3.0, float("nan")]], dtype=F64, requires_grad=True)
+    nll = chosen_lm_loss(logprobs, torch.tensor([[True, True, False]]))
+    assert nll.item() == pytest.approx(2.0, rel=1e-12)
+    nll.sum().backward()
+    assert logprobs.grad.tolist() == [[-0.5, -0.5, 0.0]]
+
+
+def test_chosen_lm_loss_matches_a_loop():
+    gen = torch.Generator().manual_seed(1)
+    logprobs = -torch.rand(5, 7, generator=gen, dtype=F64) * 4
+    mask = torch.rand(5, 7, generator=gen) < 0.6
+    mask[2] = False
+    got = chosen_lm_loss(logprobs, mask)
+    for b in range(5):
+        picked = [-float(logprobs[b, t]) for t in range(7) if mask[b, t]]
+        assert got[b].item() == pytest.approx(sum(picked) / len(picked) if picked else 0.0, rel=1e-12, abs=1e-15)

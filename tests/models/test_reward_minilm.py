@@ -62,3 +62,12 @@ def test_minilm_trains_a_few_steps_and_loads_back(tmp_path, minilm_dir):
     assert scores.shape == (2, 1) and torch.isfinite(scores).all()
     # Normalised on 8 training responses (chosen and rejected alternate): mean 0 there.
     assert summary["norm_samples"] == 8
+
+
+def test_lm_loss_on_an_encoder_is_refused_naming_the_field(tmp_path, minilm_dir):
+    from rlhfkit.train.rm import train_rm
+
+    cfg = load_config(RMConfig, None, [f"model.path={minilm_dir}", "loss.lm_coef=0.5", f"run.out_dir={tmp_path}",
+                                       "run.progress=false", "run.num_threads=1"])
+    with pytest.raises(ValueError, match=r"loss.lm_coef > 0 .* causal-LM backbone .*\['BertModel'\]"):
+        train_rm(cfg)
