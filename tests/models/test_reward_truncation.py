@@ -14,7 +14,7 @@ from rlhfkit.data.chat import drop_oldest_turn
 from rlhfkit.data.errors import SkipReport
 from rlhfkit.models.reward import build_reward_model
 from rlhfkit.tasks import get_task
-from rlhfkit.train.rm import read_groups
+from rlhfkit.train.rm_data import read_groups
 
 TINY = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, vocab_size=200, tokenizer_lines=300,
                        max_positions=256)

@@ -19,6 +19,7 @@ from rlhfkit.data import PreferencePair, write_records
 from rlhfkit.models.reward import RMInput, build_reward_model
 from rlhfkit.tasks import get_task
 from rlhfkit.train import rm as R
+from rlhfkit.train import rm_data as D
 from rlhfkit.train.common import BatchPlan, make_accelerator
 
 TINY = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, vocab_size=200, tokenizer_lines=300,
@@ -47,7 +48,7 @@ def test_bad_lm_coef_is_rejected_naming_the_field(override, message):
 
 def fake_group(ranks, lengths):
     inputs = tuple(RMInput(list(range(2, 2 + n))) for n in lengths)
-    return R.Group("p", tuple(f"r{i}" for i in range(len(ranks))), (True,) * len(ranks), inputs, tuple(ranks))
+    return D.Group("p", tuple(f"r{i}" for i in range(len(ranks))), (True,) * len(ranks), inputs, tuple(ranks))
 
 
 def test_group_batch_points_the_lm_loss_at_the_best_ranked_response(lm_rm):
@@ -81,7 +82,7 @@ def test_lm_loss_gradient_accumulation_1x8_equals_8x1(task, lm_rm):
     for p in task.prompts("train", 8):
         texts = list(dict.fromkeys(task.sample_demos(p.prompt, 3, seed=0)))
         inputs = tuple(lm_rm.encode(p.prompt, t) for t in texts)
-        groups.append(R.Group(p.prompt, tuple(texts), (True,) * len(texts), inputs, tuple(range(1, len(texts) + 1))))
+        groups.append(D.Group(p.prompt, tuple(texts), (True,) * len(texts), inputs, tuple(range(1, len(texts) + 1))))
     whole, stats_whole = _one_sgd_step(lm_rm, groups, 8)
     split, stats_split = _one_sgd_step(lm_rm, groups, 1)
     assert stats_whole["lm_loss"] == pytest.approx(stats_split["lm_loss"], rel=1e-5)

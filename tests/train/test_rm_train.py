@@ -18,6 +18,7 @@ from rlhfkit.data import PreferencePair, Ranking, Rating, SkipReport, write_reco
 from rlhfkit.models.reward import RMInput, build_reward_model, load_reward_model
 from rlhfkit.tasks import SimulatedAnnotator, get_task
 from rlhfkit.train import rm as R
+from rlhfkit.train import rm_data as D
 from rlhfkit.train.common import BatchPlan, make_accelerator
 
 TINY = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, vocab_size=200, tokenizer_lines=300,
@@ -103,7 +104,7 @@ def test_length_grouped_batches_cover_each_epoch_sorted_in_windows():
 def fake_group(ranks, lengths, margins=None, gold=None, bucket=None):
     inputs = tuple(RMInput(list(range(2, 2 + n))) for n in lengths)
     texts = tuple(f"r{i}" for i in range(len(ranks)))
-    return R.Group("p", texts, (True,) * len(ranks), inputs, tuple(ranks), margins, bucket, gold)
+    return D.Group("p", texts, (True,) * len(ranks), inputs, tuple(ranks), margins, bucket, gold)
 
 
 def test_group_batch_layout_by_hand(rm):
@@ -154,7 +155,7 @@ def _one_sgd_step(rm_dir, groups, micro):
 
 def test_gradient_accumulation_1x8_equals_8x1(tmp_path, task, rm_dir, rm):
     path = ranking_file(tmp_path / "r.jsonl", task, "train", 8, 4)
-    groups = R.read_groups(path, "ranking", rm, "raise", 1.0, SkipReport())
+    groups = D.read_groups(path, "ranking", rm, "raise", 1.0, SkipReport())
     whole, stats_whole = _one_sgd_step(rm_dir, groups, 8)
     split, stats_split = _one_sgd_step(rm_dir, groups, 1)
     assert stats_whole["loss"] == pytest.approx(stats_split["loss"], rel=1e-5)
@@ -174,7 +175,7 @@ def test_pairs_ratings_and_ties_become_groups(tmp_path, rm):
              PreferencePair(prompt="c", chosen="x", rejected="y", tie=True)]
     write_records(tmp_path / "p.jsonl", pairs)
     skips = SkipReport()
-    groups = R.read_groups(str(tmp_path / "p.jsonl"), "pair", rm, "raise", 2.0, skips)
+    groups = D.read_groups(str(tmp_path / "p.jsonl"), "pair", rm, "raise", 2.0, skips)
     assert len(groups) == 2 and skips.counts["no_strict_preference"] == 1
     assert groups[0].margins == ((0.0, 2.0), (2.0, 0.0))  # strength 3 → margin 1 (Llama 2 small), × 2
     assert groups[1].margins == ((0.0, 1.0), (1.0, 0.0))
@@ -183,7 +184,7 @@ def test_pairs_ratings_and_ties_become_groups(tmp_path, rm):
                Rating(prompt="q", response="u", rating=2), Rating(prompt="q", response="w", rating=3),
                Rating(prompt="lonely", response="u", rating=5)]
     write_records(tmp_path / "r.jsonl", ratings)
-    (group,) = R.read_groups(str(tmp_path / "r.jsonl"), "rating", rm, "raise", 1.0, SkipReport())
+    (group,) = D.read_groups(str(tmp_path / "r.jsonl"), "rating", rm, "raise", 1.0, SkipReport())
     # Mean ratings u = 3, v = 2, w = 3 → ranks 1, 3, 1 (u and w tie); margins are rating gaps.
     assert group.texts == ("u", "v", "w") and group.ranks == (1, 3, 1)
     assert group.margins[0][1] == 1.0 and group.margins[2][1] == 1.0 and group.pairs() == [(0, 1), (2, 1)]
@@ -191,7 +192,7 @@ def test_pairs_ratings_and_ties_become_groups(tmp_path, rm):
 
 def test_evaluation_figures_match_an_independent_computation(tmp_path, task, rm):
     path = ranking_file(tmp_path / "e.jsonl", task, "eval", 12, 3)
-    groups = R.read_groups(path, "ranking", rm, "raise", 1.0, SkipReport())
+    groups = D.read_groups(path, "ranking", rm, "raise", 1.0, SkipReport())
     cfg = load_config(RMConfig, None, ["eval.batch_size=7", "eval.n_bins=4"])
     out = R.evaluate_rm(rm, groups, cfg, contextlib.nullcontext, tau=0.85)
     diffs, gold_a, gold_b = [], [], []
