@@ -6,7 +6,10 @@ What it does
   of 12–20 words and two responses of 36–44 words each (the peer's workload), one token per
   annotator.
 * Starts `rlhfkit annotate serve` as a subprocess on 127.0.0.1 (one process: uvicorn with uvloop
-  and httptools, DB calls inline on its event loop) and waits for /healthz.
+  and httptools, DB calls inline on its event loop) and waits for /healthz. Its per-token rate
+  limit is raised (`--rate-limit-per-minute`, default 1e9) rather than turned off: each simulated
+  annotator votes far faster than a person (the server's default, 120 a minute, would throttle
+  it), and the limiter's cost is still paid on every request, as in production.
 * Runs the annotators as asyncio tasks in this process, each on its own keep-alive connection,
   doing what the annotator page does: load the page (/, app.js, style.css, /api/v1/me;
   untimed, like the peer's login), GET /api/v1/tasks/next, then per vote one
@@ -224,7 +227,8 @@ def run_ours(args: argparse.Namespace) -> dict:
     log(f"project built in {time.perf_counter() - t0:.1f}s; starting server")
     port = free_port()
     cmd = [sys.executable, "-c", "from rlhfkit.label.cli import app; app()", "serve",
-           "--dir", str(root), "--port", str(port)]
+           "--dir", str(root), "--port", str(port),
+           "--rate-limit-per-minute", str(args.rate_limit_per_minute)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     pinned = args.pin and (os.cpu_count() or 1) >= 2
     if pinned:
@@ -258,6 +262,7 @@ def run_ours(args: argparse.Namespace) -> dict:
                    "error_kinds": stats.errors, "error_examples": stats.examples,
                    "server_cpu_s": round(cpu_srv, 2), "client_cpu_s": round(cpu_cli, 2),
                    "server_cpu_ms_per_vote": round(1000 * cpu_srv / acked, 3) if acked else None,
+                   "rate_limit_per_minute": args.rate_limit_per_minute,
                    "cores": "server pinned to core 0, client to core 1" if pinned
                    else "unpinned", "store": "SQLite WAL, synchronous=NORMAL", "root": str(root)},
     }
@@ -282,6 +287,8 @@ def main() -> int:
     p.add_argument("--votes", type=int, default=200, help="votes per annotator")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-seconds", type=float, default=600.0, help="cap on the load phase")
+    p.add_argument("--rate-limit-per-minute", type=float, default=1e9,
+                   help="server's per-token limit (0 = off; the serve default would throttle)")
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server/client cores")
     p.add_argument("--skip-peer", action="store_true", help="do not run Potato")
     p.add_argument("--keep", action="store_true", help="keep the temp project dir (its path is printed)")

@@ -3,7 +3,9 @@
 Auth is a bearer token in the `Authorization` header, sent by the page's `fetch` calls. Browsers
 never attach it on their own, so a cross-site form cannot forge a vote (no cookies, no CSRF
 token needed). Annotator endpoints only ever read rows of the caller; admin endpoints need the
-admin token. Every response carries a strict content-security policy.
+admin token. Every response carries a strict content-security policy. Every authenticated
+request first takes a token from its caller's bucket (`ratelimit`): too fast gets 429 with
+`Retry-After`.
 
 Database calls are short and run inline on the event loop: with SQLite, one process and one
 writer is the fastest arrangement (no thread hops, no lock contention), and a vote's COMMIT
@@ -13,6 +15,8 @@ happens before its acknowledgement is sent.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from importlib import resources
 from typing import Any, Literal
 
@@ -27,6 +31,7 @@ from rlhfkit.label.answers import STRENGTH_LEVELS, AnswerError, SkipIn, Storable
 from rlhfkit.label.projects import (
     ConflictError, NotFoundError, ProjectError, add_annotator, is_admin_token, revoke,
 )
+from rlhfkit.label.ratelimit import RateLimit, TokenBuckets, retry_after
 
 MAX_BODY_BYTES = 128 * 1024
 """Largest request body accepted; bigger ones get 413 before any parsing. Every schema-valid
@@ -100,6 +105,9 @@ def _replay(body: bytes) -> Any:
 class ErrorOut(BaseModel):
     detail: Any
     """What went wrong: a message, or FastAPI's list of field errors (422)."""
+    code: str | None = None
+    """Set where the status alone is ambiguous: `assignment_expired` (409: the task's lease ran
+    out and its slots went to other annotators, so the answer was not saved)."""
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -108,9 +116,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (401, "Missing, malformed, unknown or revoked token"),
         (403, "Admin token required"),
         (404, "No such project, annotator or task (or the task is not yours)"),
-        (409, "Already voted on or skipped; or the name exists already"),
+        (409, "Already voted on or skipped; the assignment expired and the task went to other "
+              "annotators (`code`: `assignment_expired`); or the name exists already"),
         (413, "Request body too large"),
-        (422, "Invalid input"))}
+        (422, "Invalid input"),
+        (429, "Too many requests for this token; `Retry-After` gives the seconds to wait"))}
 
 
 class MessageOut(BaseModel):
@@ -202,27 +212,50 @@ def render_guidelines(markdown: str) -> str:
     return MarkdownIt("commonmark", {"html": False}).render(markdown)
 
 
-def create_app(engine: Engine) -> FastAPI:
-    """The app over an already migrated store (see `store.open_store`)."""
+def create_app(engine: Engine, rate_limit: RateLimit = RateLimit(),
+               clock: Callable[[], float] = time.time) -> FastAPI:
+    """The app over an already migrated store (see `store.open_store`).
+
+    `rate_limit`: requests per token (`RateLimit(per_minute=0)` turns it off). `clock`: seconds
+    since the epoch, for assignment leases, issue/submit times and the rate limit (tests pass a
+    fake one; the buckets ignore a clock that steps back).
+    """
     app = FastAPI(title="rlhfkit annotation", version="1", docs_url=None, redoc_url=None,
                   responses=ERROR_RESPONSES)
+    buckets = TokenBuckets(rate_limit, clock)
 
-    async def annotator(request: Request) -> assign.Annotator:
+    def throttle(key: Any) -> None:
+        wait = buckets.take(key)
+        if wait > 0:
+            after = retry_after(wait)
+            raise HTTPException(
+                429, f"too many requests: {rate_limit.per_minute:g} a minute per token "
+                     f"(bursts of {rate_limit.burst}); retry in {after} s",
+                headers={"Retry-After": after})
+
+    # Auth and throttling are inline calls on the vote path (FastAPI's dependency machinery
+    # costs a third of a vote's CPU there), and a dependency elsewhere; same 401 / 429 answers.
+    def who_of(request: Request) -> assign.Annotator:
         token = _bearer(request.headers.get("authorization"))
         with engine.connect() as conn:
             who = assign.authenticate(conn, token)
         if who is None:
             raise HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
+        throttle(("annotator", who.id))
         return who
+
+    async def annotator(request: Request) -> assign.Annotator:
+        return who_of(request)
 
     async def admin(request: Request) -> None:
         token = _bearer(request.headers.get("authorization"))
         with engine.connect() as conn:
             if not is_admin_token(conn, token):
                 raise HTTPException(403, "admin token required")
+        throttle(("admin",))
 
     _errors(app)
-    _annotator_routes(app, engine, annotator)
+    _annotator_routes(app, engine, who_of, annotator, clock)
     _admin_routes(app, engine, admin)
     _static_routes(app)
     app.add_middleware(Guard)
@@ -237,6 +270,11 @@ def _errors(app: FastAPI) -> None:
 
     app.add_exception_handler(assign.NotFound, handler(404))
     app.add_exception_handler(assign.AlreadySubmitted, handler(409))
+
+    async def expired(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "code": "assignment_expired"}, status_code=409)
+
+    app.add_exception_handler(assign.AssignmentExpired, expired)
     app.add_exception_handler(AnswerError, handler(422))
     app.add_exception_handler(NotFoundError, handler(404))
     app.add_exception_handler(ConflictError, handler(409))
@@ -252,7 +290,8 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
     return JSONResponse({"detail": detail}, status_code=422)
 
 
-def _annotator_routes(app: FastAPI, engine: Engine, annotator: Any) -> None:
+def _annotator_routes(app: FastAPI, engine: Engine, who_of: Callable[[Request], assign.Annotator],
+                      annotator: Any, clock: Callable[[], float]) -> None:
 
     @app.get("/api/v1/me", response_model=MeOut)
     async def me(who: assign.Annotator = Depends(annotator)) -> dict:
@@ -267,41 +306,36 @@ def _annotator_routes(app: FastAPI, engine: Engine, annotator: Any) -> None:
     # re-validated on the way out: the dicts come from our own code, not from the client).
     hot = {"response_model": None, "responses": {200: {"model": NextOut}}}
 
-    def next_out(conn: Any, who: assign.Annotator, after_seq: int | None = None) -> Response:
-        task = assign.next_task(conn, who, after_seq)
+    def next_out(conn: Any, who: assign.Annotator, now: float,
+                 after_seq: int | None = None) -> Response:
+        task = assign.next_task(conn, who, after_seq, now)
         return _json({"task": task, "progress": assign.progress(conn, who)})
 
     # The vote path skips FastAPI's dependency and body machinery (a third of a vote's CPU):
     # auth and body parsing are done inline, with the same 401 / 422 answers, and the body
     # schema is declared for OpenAPI by hand.
-    def who_of(request: Request) -> assign.Annotator:
-        token = _bearer(request.headers.get("authorization"))
-        with engine.connect() as conn:
-            who = assign.authenticate(conn, token)
-        if who is None:
-            raise HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
-        return who
-
     @app.get("/api/v1/tasks/next", **hot)
     async def next_task(request: Request) -> Response:
         who = who_of(request)
         with engine.begin() as conn:
-            return next_out(conn, who)
+            return next_out(conn, who, clock())
 
     @app.post("/api/v1/tasks/{task_id}/vote", **hot, openapi_extra=_body_doc(VoteIn))
     async def vote(request: Request, task_id: int = _task_param()) -> Response:
         """Record a vote; the answer carries the next task so the page needs one round trip."""
         who = who_of(request)
         body = _parse(VoteIn, await request.body())
+        now = clock()
         with engine.begin() as conn:
-            return next_out(conn, who, assign.submit_vote(conn, who, task_id, body))
+            return next_out(conn, who, now, assign.submit_vote(conn, who, task_id, body, now))
 
     @app.post("/api/v1/tasks/{task_id}/skip", **hot, openapi_extra=_body_doc(SkipIn))
     async def skip(request: Request, task_id: int = _task_param()) -> Response:
         who = who_of(request)
         body = _parse(SkipIn, await request.body())
+        now = clock()
         with engine.begin() as conn:
-            return next_out(conn, who, assign.skip_task(conn, who, task_id, body))
+            return next_out(conn, who, now, assign.skip_task(conn, who, task_id, body, now))
 
     @app.get("/api/v1/votes")
     async def my_votes(who: assign.Annotator = Depends(annotator)) -> list[dict]:

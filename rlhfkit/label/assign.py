@@ -14,6 +14,14 @@ Shown order: a seeded base permutation per task, rotated by the claim slot (the 
 of a task gets rotation k). Across any K consecutive annotators of a task every candidate is
 shown first exactly once, so position effects cancel task by task; the order is stored on the
 assignment and never changes for that annotator.
+
+Leases: before any hand-out, open assignments of the project older than
+`assignment_ttl_minutes` are marked `expired` and their overlap slots given back (the owner's
+own stale one included, so after a reload they get a fresh task). A late answer to an expired
+assignment is kept if the task still has room for it (it re-takes a slot under the same
+`WHERE is_open` guard as a claim), and refused with `AssignmentExpired` (409) when others have
+filled the task meanwhile; either way the overlap is never exceeded. Swapped-order repeats are
+private to their annotator, so they expire without freeing anything and a late answer is kept.
 """
 
 from __future__ import annotations
@@ -42,6 +50,14 @@ _AUTH = (select(N.c.id, N.c.pseudonym, N.c.name, N.c.active, P.c.id.label("pid")
 _OPEN = (select(A.c.task_id, A.c.display_order, A.c.seq)
          .where(A.c.annotator_id == bindparam("b_aid"), A.c.status == "open")
          .order_by(A.c.seq).limit(1))
+_STALE = (select(A.c.id, A.c.task_id, A.c.annotator_id, T.c.repeat_of)
+          .join(T, T.c.id == A.c.task_id)
+          .where(A.c.status == "open", A.c.issued_at < bindparam("b_cutoff"),
+                 T.c.project_id == bindparam("b_pid")))
+_EXPIRE = (update(A).where(A.c.id == bindparam("b_id"), A.c.status == "open")
+           .values(status="expired"))
+_RELEASE = (update(T).where(T.c.id == bindparam("b_tid"))
+            .values(n_assigned=T.c.n_assigned - 1, is_open=True))
 _MAX_SEQ = select(func.max(A.c.seq)).where(A.c.annotator_id == bindparam("b_aid"))
 _PICK = {gold: select(T.c.id, T.c.candidate_ids).where(
     T.c.project_id == bindparam("b_pid"), T.c.is_open.is_(True), T.c.is_gold.is_(gold),
@@ -58,7 +74,7 @@ _VIEW = (select(T.c.candidate_ids, IT.c.prompt, C.c.id, C.c.text)
 _ASSIGNMENT = (select(A.c.id, A.c.status, A.c.display_order, A.c.seq, T.c.is_gold, T.c.repeat_of)
                .join(T, T.c.id == A.c.task_id)
                .where(A.c.annotator_id == bindparam("b_aid"), A.c.task_id == bindparam("b_tid")))
-_VOTE = update(A).where(A.c.id == bindparam("b_id"), A.c.status == "open").values(
+_VOTE = update(A).where(A.c.id == bindparam("b_id"), A.c.status == bindparam("b_status")).values(
     status="voted", submitted_at=bindparam("v_at"), elapsed_ms=bindparam("v_ms"),
     shown_answer=bindparam("v_shown", type_=JSON), answer=bindparam("v_answer", type_=JSON),
     critique=bindparam("v_critique"), edited=bindparam("v_edited"),
@@ -73,6 +89,10 @@ class NotFound(LookupError):
 
 class AlreadySubmitted(RuntimeError):
     """The annotator has already voted on or skipped this task (409)."""
+
+
+class AssignmentExpired(RuntimeError):
+    """The assignment outlived its lease and others took the task's slots meanwhile (409)."""
 
 
 @dataclass(frozen=True)
@@ -112,13 +132,38 @@ def _uniform(*key: object) -> float:
     return random.Random(":".join(map(str, key))).random()
 
 
-def next_task(conn: Connection, who: Annotator, after_seq: int | None = None) -> dict[str, Any] | None:
+def expire_stale(conn: Connection, who: Annotator, now: float) -> int:
+    """Expire the project's open assignments older than its lease and give their slots back;
+    return how many expired. The `WHERE status = 'open'` guard makes a concurrent sweep (or a
+    vote landing at the same moment) win or lose each row exactly once."""
+    ttl = who.settings.assignment_ttl_minutes
+    if ttl <= 0:
+        return 0
+    n = 0
+    for row in conn.execute(_STALE, {"b_cutoff": now - 60.0 * ttl, "b_pid": who.project_id}).all():
+        if conn.execute(_EXPIRE, {"b_id": row.id}).rowcount != 1:
+            continue
+        if row.repeat_of is None:
+            conn.execute(_RELEASE, {"b_tid": row.task_id})
+        log_event(conn, "server", "expire", who.project_id,
+                  {"assignment_id": row.id, "task_id": row.task_id,
+                   "annotator_id": row.annotator_id})
+        n += 1
+    return n
+
+
+def next_task(conn: Connection, who: Annotator, after_seq: int | None = None,
+              now: float | None = None) -> dict[str, Any] | None:
     """The task to show now (claiming a new one when needed), or None when nothing is left.
 
     `after_seq`: the seq of the assignment just submitted, when the caller knows it. An
     annotator holds at most one open assignment (an open one is always handed out before a
-    new claim), so right after a submit none is open and the next seq is `after_seq + 1`.
+    new claim, and stale ones are expired before either), so right after a submit none is open
+    and the next seq is `after_seq + 1`. `now`: the clock (seconds since the epoch; default
+    `time.time()`), for the lease and the issue time.
     """
+    now = time.time() if now is None else now
+    expire_stale(conn, who, now)
     if after_seq is None:
         row = conn.execute(_OPEN, {"b_aid": who.id}).first()
         if row is not None:
@@ -127,19 +172,20 @@ def next_task(conn: Connection, who: Annotator, after_seq: int | None = None) ->
     seq = after_seq + 1
     claimed = None
     if who.settings.repeat_share > 0:
-        claimed = _claim_repeat(conn, who, seq)
+        claimed = _claim_repeat(conn, who, seq, now)
     if claimed is None and who.settings.gold_share > 0 \
             and _uniform(who.seed, "gold", who.id, seq) < who.settings.gold_share:
-        claimed = _claim(conn, who, seq, gold=True)
+        claimed = _claim(conn, who, seq, now, gold=True)
     if claimed is None:
-        claimed = _claim(conn, who, seq, gold=False)
+        claimed = _claim(conn, who, seq, now, gold=False)
     if claimed is None:
         return None
     task_id, order = claimed
     return _task_view(conn, who, task_id, order, seq)
 
 
-def _claim(conn: Connection, who: Annotator, seq: int, gold: bool) -> tuple[int, list[int]] | None:
+def _claim(conn: Connection, who: Annotator, seq: int, now: float,
+           gold: bool) -> tuple[int, list[int]] | None:
     for _ in range(CLAIM_RETRIES):
         pick = conn.execute(_PICK[gold], {"b_pid": who.project_id, "b_aid": who.id}).first()
         if pick is None:
@@ -148,12 +194,13 @@ def _claim(conn: Connection, who: Annotator, seq: int, gold: bool) -> tuple[int,
         if n is None:  # a concurrent claimer filled it between our SELECT and UPDATE
             continue
         order = display_order(who.seed, pick.id, n - 1, len(pick.candidate_ids))
-        _insert_assignment(conn, who, pick.id, seq, order)
+        _insert_assignment(conn, who, pick.id, seq, order, now)
         return pick.id, order
     return None
 
 
-def _claim_repeat(conn: Connection, who: Annotator, seq: int) -> tuple[int, list[int]] | None:
+def _claim_repeat(conn: Connection, who: Annotator, seq: int,
+                  now: float) -> tuple[int, list[int]] | None:
     due = conn.execute(select(A.c.id, A.c.task_id, A.c.display_order).where(
         A.c.annotator_id == who.id, A.c.repeat_after.is_not(None), A.c.repeat_after < seq,
     ).order_by(A.c.repeat_after).limit(1)).first()
@@ -166,15 +213,14 @@ def _claim_repeat(conn: Connection, who: Annotator, seq: int) -> tuple[int, list
         is_open=False, batch=orig.batch)).inserted_primary_key[0]
     conn.execute(update(A).where(A.c.id == due.id).values(repeat_after=None))
     order = list(reversed(due.display_order))
-    _insert_assignment(conn, who, task_id, seq, order)
+    _insert_assignment(conn, who, task_id, seq, order, now)
     return task_id, order
 
 
 def _insert_assignment(conn: Connection, who: Annotator, task_id: int, seq: int,
-                       order: list[int]) -> None:
+                       order: list[int], now: float) -> None:
     conn.execute(_INSERT_ASSIGNMENT, {"annotator_id": who.id, "task_id": task_id, "seq": seq,
-                                      "display_order": order, "status": "open",
-                                      "issued_at": time.time()})
+                                      "display_order": order, "status": "open", "issued_at": now})
 
 
 def _task_view(conn: Connection, who: Annotator, task_id: int, order: list[int],
@@ -187,49 +233,68 @@ def _task_view(conn: Connection, who: Annotator, task_id: int, order: list[int],
             "responses": [{"position": p + 1, "text": texts[ids[c]]} for p, c in enumerate(order)]}
 
 
-def _open_assignment(conn: Connection, who: Annotator, task_id: int) -> Any:
+def _answerable(conn: Connection, who: Annotator, task_id: int) -> Any:
+    """The caller's open or expired assignment of `task_id`."""
     row = conn.execute(_ASSIGNMENT, {"b_aid": who.id, "b_tid": task_id}).first()
     if row is None:
         raise NotFound(f"task {task_id} is not assigned to you")
-    if row.status != "open":
+    if row.status not in ("open", "expired"):
         raise AlreadySubmitted(f"task {task_id} was already {row.status}")
     return row
 
 
-def submit_vote(conn: Connection, who: Annotator, task_id: int, vote: VoteIn) -> int:
-    """Record the vote on an open assignment and return its seq; raises NotFound,
-    AlreadySubmitted or AnswerError."""
-    row = _open_assignment(conn, who, task_id)
+def _retake_slot(conn: Connection, who: Annotator, row: Any, task_id: int) -> None:
+    """A late answer to an expired assignment takes a slot again, if the task has one free."""
+    if row.repeat_of is not None:  # a private repeat never gave a slot away
+        return
+    if conn.execute(_BUMP, {"b_tid": task_id}).scalar() is None:
+        raise AssignmentExpired(
+            f"task {task_id} was reserved for you for {who.settings.assignment_ttl_minutes:g} "
+            "minutes; that time ran out and the task has since gone to other annotators, so "
+            "this answer was not saved")
+
+
+def submit_vote(conn: Connection, who: Annotator, task_id: int, vote: VoteIn,
+                now: float | None = None) -> int | None:
+    """Record the vote and return the seq to continue from: the assignment's seq, or None after
+    a late answer to an expired assignment (the annotator may hold a newer task by then).
+    Raises NotFound, AlreadySubmitted, AssignmentExpired or AnswerError."""
+    now = time.time() if now is None else now
+    row = _answerable(conn, who, task_id)
     answer = canonical_answer(who.kind, vote, row.display_order)
+    if row.status == "expired":
+        _retake_slot(conn, who, row, task_id)
     repeat_after = None
     if row.repeat_of is None and not row.is_gold and who.settings.repeat_share > 0 \
             and _uniform(who.seed, "repeat", who.id, task_id) < who.settings.repeat_share:
         repeat_after = row.seq + who.settings.repeat_gap
     shown = vote.model_dump(exclude_unset=True, exclude={"critique", "edited", "elapsed_ms"})
     done = conn.execute(_VOTE, {
-        "b_id": row.id, "v_at": time.time(), "v_ms": vote.elapsed_ms, "v_shown": shown,
-        "v_answer": answer, "v_critique": vote.critique or None, "v_edited": vote.edited or None,
-        "v_repeat": repeat_after}).rowcount
+        "b_id": row.id, "b_status": row.status, "v_at": now, "v_ms": vote.elapsed_ms,
+        "v_shown": shown, "v_answer": answer, "v_critique": vote.critique or None,
+        "v_edited": vote.edited or None, "v_repeat": repeat_after}).rowcount
     if done != 1:  # a concurrent double submit got there first
         raise AlreadySubmitted(f"task {task_id} was already submitted")
     log_event(conn, who.pseudonym, "vote", who.project_id,
-              {"assignment_id": row.id, "task_id": task_id})
-    return row.seq
+              {"assignment_id": row.id, "task_id": task_id, "late": row.status == "expired"})
+    return row.seq if row.status == "open" else None
 
 
-def skip_task(conn: Connection, who: Annotator, task_id: int, skip: SkipIn) -> int:
-    """Mark the assignment skipped, give its overlap slot back to the queue, return its seq."""
-    row = _open_assignment(conn, who, task_id)
-    done = conn.execute(update(A).where(A.c.id == row.id, A.c.status == "open").values(
-        status="skipped", submitted_at=time.time(), skip_reason=skip.reason)).rowcount
+def skip_task(conn: Connection, who: Annotator, task_id: int, skip: SkipIn,
+              now: float | None = None) -> int | None:
+    """Mark the assignment skipped and give its overlap slot back to the queue (an expired one
+    gave it back already); return the seq to continue from, as `submit_vote`."""
+    now = time.time() if now is None else now
+    row = _answerable(conn, who, task_id)
+    done = conn.execute(update(A).where(A.c.id == row.id, A.c.status == row.status).values(
+        status="skipped", submitted_at=now, skip_reason=skip.reason)).rowcount
     if done != 1:
         raise AlreadySubmitted(f"task {task_id} was already submitted")
-    if row.repeat_of is None:
-        conn.execute(update(T).where(T.c.id == task_id).values(
-            n_assigned=T.c.n_assigned - 1, is_open=True))
+    if row.repeat_of is None and row.status == "open":
+        conn.execute(_RELEASE, {"b_tid": task_id})
     log_event(conn, who.pseudonym, "skip", who.project_id,
               {"assignment_id": row.id, "task_id": task_id})
-    return row.seq
+    return row.seq if row.status == "open" else None
 
 
 def progress(conn: Connection, who: Annotator) -> dict[str, int]:
@@ -242,6 +307,7 @@ def my_votes(conn: Connection, who: Annotator) -> list[dict[str, Any]]:
     """The annotator's own submitted votes and skips, as they gave them (shown positions)."""
     rows = conn.execute(select(A.c.task_id, A.c.status, A.c.shown_answer, A.c.critique,
                                A.c.edited, A.c.skip_reason, A.c.submitted_at, A.c.elapsed_ms)
-                        .where(and_(A.c.annotator_id == who.id, A.c.status != "open"))
+                        .where(and_(A.c.annotator_id == who.id,
+                                    A.c.status.in_(("voted", "skipped"))))
                         .order_by(A.c.seq)).all()
     return [dict(r._mapping) for r in rows]

@@ -14,6 +14,8 @@ from typing import Optional
 
 import typer
 
+from rlhfkit.label.ratelimit import DEFAULT_BURST, DEFAULT_PER_MINUTE, RateLimit
+
 app = typer.Typer(help="Collect human preferences in the browser: projects, annotators, export.",
                   no_args_is_help=True)
 
@@ -55,7 +57,11 @@ def _fail(err: Exception) -> None:
 def serve(directory: Path = DirOpt, db: Optional[str] = DbOpt,
           host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default)."),
           port: int = typer.Option(8000, help="TCP port."),
-          rotate_admin_token: bool = typer.Option(False, help="Issue a new admin token.")) -> None:
+          rotate_admin_token: bool = typer.Option(False, help="Issue a new admin token."),
+          rate_limit_per_minute: float = typer.Option(
+              DEFAULT_PER_MINUTE, help="Sustained API requests per minute per token (0 = no limit)."),
+          rate_limit_burst: int = typer.Option(
+              DEFAULT_BURST, help="API requests a token may send at once.")) -> None:
     """Start the annotation server (FastAPI under uvicorn)."""
     from rlhfkit.label.server import run
 
@@ -65,7 +71,11 @@ def serve(directory: Path = DirOpt, db: Optional[str] = DbOpt,
                         "travel in clear over plain HTTP", fg=typer.colors.YELLOW, err=True)
     except ValueError:
         pass
-    run(_engine(directory, db), host, port, rotate_admin_token=rotate_admin_token)
+    try:
+        limit = RateLimit(rate_limit_per_minute, rate_limit_burst)
+    except ValueError as err:
+        _fail(err)
+    run(_engine(directory, db), host, port, rotate_admin_token=rotate_admin_token, rate_limit=limit)
 
 
 @app.command("create-project")
@@ -77,6 +87,9 @@ def create_project(
     overlap: int = typer.Option(1, help="Annotations wanted per task."),
     gold_share: float = typer.Option(0.0, help="Share of items drawn from gold sets (meta.gold)."),
     repeat_share: float = typer.Option(0.0, help="Share of items repeated with swapped order."),
+    assignment_ttl_minutes: Optional[float] = typer.Option(
+        None, help="Minutes an annotator holds a task before it goes back to the pool; 0 = never "
+                   "(default: 30)."),
     strength: bool = typer.Option(True, help="Ask for preference strength (pairwise)."),
     seed: int = typer.Option(0, help="Seed of shown orders, gold and repeat draws."),
     directory: Path = DirOpt, db: Optional[str] = DbOpt,
@@ -84,8 +97,9 @@ def create_project(
     """Create a project from a candidates file."""
     from rlhfkit.label import projects
 
+    lease = {} if assignment_ttl_minutes is None else {"assignment_ttl_minutes": assignment_ttl_minutes}
     settings = projects.ProjectSettings(overlap=overlap, gold_share=gold_share,
-                                        repeat_share=repeat_share, with_strength=strength)
+                                        repeat_share=repeat_share, with_strength=strength, **lease)
     md = guidelines.read_text(encoding="utf-8") if guidelines else ""
     try:
         engine = _engine(directory, db)

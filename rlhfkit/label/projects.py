@@ -27,6 +27,9 @@ UNLIMITED_OVERLAP = 2**31 - 1
 """Overlap of gold tasks: every annotator may be served each gold item once."""
 DEFAULT_STRENGTH_MARGINS = (0.0, 1 / 3, 2 / 3, 1.0)
 """RM margin m per strength level 0..3 (Llama 2 uses a margin growing with the stated strength)."""
+DEFAULT_ASSIGNMENT_TTL_MINUTES = 30.0
+"""Lease of a task handed to an annotator: long enough to read two long answers and write a
+critique (~5 min, docs/annotation.md), short enough that an abandoned tab frees its slot soon."""
 
 
 class ProjectError(ValueError):
@@ -64,12 +67,18 @@ class ProjectSettings:
     """Gold items needed before the accuracy flag is raised."""
     min_seconds: float = 3.0
     """Annotators whose median time per item is below this are flagged as suspiciously fast."""
+    assignment_ttl_minutes: float = DEFAULT_ASSIGNMENT_TTL_MINUTES
+    """Lease of an unanswered assignment: once older than this it expires, its overlap slot goes
+    back to the pool, and a late answer is kept only if the task still has room (else 409).
+    0 = assignments never expire."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form settings (e.g. the name of an automatic judge run)."""
 
     def check(self) -> None:
         if self.overlap < 1:
             raise ProjectError("overlap must be ≥ 1")
+        if not self.assignment_ttl_minutes >= 0:  # also refuses NaN
+            raise ProjectError("assignment_ttl_minutes must be ≥ 0 (0 = never expire)")
         for name in ("gold_share", "repeat_share"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ProjectError(f"{name} must lie in [0, 1)")

@@ -59,7 +59,8 @@ def load_votes(engine: Engine, project_id: int) -> list[Vote]:
                T.c.is_gold, T.c.gold_answer, A.c.answer, A.c.display_order, A.c.elapsed_ms,
                A.c.issued_at, A.c.submitted_at, A.c.status, A.c.critique, A.c.edited)
         .join(T, T.c.id == A.c.task_id).join(N, N.c.id == A.c.annotator_id)
-        .where(T.c.project_id == project_id, A.c.status != "open").order_by(A.c.id)).all()
+        .where(T.c.project_id == project_id, A.c.status.in_(("voted", "skipped")))
+        .order_by(A.c.id)).all()
     return [Vote(r.name, r.pseudonym, r.task_id, r.item_id, r.candidate_ids, r.repeat_of,
                  r.is_gold, r.gold_answer, r.answer, r.display_order,
                  r.elapsed_ms / 1000 if r.elapsed_ms is not None else r.submitted_at - r.issued_at,

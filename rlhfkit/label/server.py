@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 
 from rlhfkit.label import projects
 from rlhfkit.label.app import create_app
+from rlhfkit.label.ratelimit import RateLimit
 
 
 def uvicorn_options() -> dict:
@@ -20,7 +21,8 @@ def uvicorn_options() -> dict:
             "access_log": False, "log_level": "warning", "timeout_keep_alive": 30}
 
 
-def run(engine: Engine, host: str, port: int, rotate_admin_token: bool = False) -> None:
+def run(engine: Engine, host: str, port: int, rotate_admin_token: bool = False,
+        rate_limit: RateLimit = RateLimit()) -> None:
     """Print the admin token if it is new, then serve until interrupted."""
     import uvicorn
 
@@ -31,4 +33,4 @@ def run(engine: Engine, host: str, port: int, rotate_admin_token: bool = False) 
         print(f"admin token (shown once, keep it): {token}", file=sys.stderr, flush=True)
     print(f"annotation server on http://{host}:{port}/  (admin page: /admin)", file=sys.stderr,
           flush=True)
-    uvicorn.run(create_app(engine), host=host, port=port, **uvicorn_options())
+    uvicorn.run(create_app(engine, rate_limit), host=host, port=port, **uvicorn_options())

@@ -14,7 +14,9 @@ Tables (one row each):
                 (live claims: open or voted) and `is_open` (n_assigned < overlap).
 - `annotator`   a per-project annotator: pseudonym, hashed token, active flag.
 - `assignment`  a task handed to an annotator, with the shown order; it becomes the vote
-                (status `voted` / `skipped`) in place. Unique (annotator, task): one vote each.
+                (status `voted` / `skipped`) in place, or `expired` when left open longer than
+                the project's lease (its slot goes back to the pool; a late answer may still
+                turn it into a vote). Unique (annotator, task): one vote each.
                 `repeat_after` = the annotator's seq after which a swapped repeat is due.
 - `event`       append-only audit log of every write (triggers refuse UPDATE/DELETE).
 """
@@ -123,6 +125,8 @@ assignment = Table(
     UniqueConstraint("annotator_id", "task_id", name="uq_assignment_annotator_task"),
     Index("ix_assignment_annotator_status", "annotator_id", "status"),
     Index("ix_assignment_repeat", "annotator_id", "repeat_after"),
+    # Finds open assignments past their lease without scanning the answered ones (migration 0002).
+    Index("ix_assignment_status_issued", "status", "issued_at"),
 )
 
 event_log = Table(

@@ -59,8 +59,8 @@ def client_for():
 
     clients = []
 
-    def make(engine):
-        c = TestClient(create_app(engine), raise_server_exceptions=False)
+    def make(engine, **app_options):
+        c = TestClient(create_app(engine, **app_options), raise_server_exceptions=False)
         clients.append(c)
         return c
 
@@ -73,8 +73,8 @@ def client_for():
 def live_server():
     servers = []
 
-    def start(engine) -> LiveServer:
-        srv = LiveServer(engine)
+    def start(engine, **app_options) -> LiveServer:
+        srv = LiveServer(engine, **app_options)
         servers.append(srv)
         return srv
 

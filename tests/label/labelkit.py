@@ -46,6 +46,19 @@ def make_setup(engine, kind: str = "pairwise", n: int = 4, k: int = 2,
     return Setup(engine, "proj", tokens, admin)
 
 
+class FakeClock:
+    """A clock the test moves by hand (`clock.advance(seconds)`), for leases and rate limits."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,14 +68,14 @@ def free_port() -> int:
 class LiveServer:
     """uvicorn on 127.0.0.1:<free port> in a background thread; always stopped by the fixture."""
 
-    def __init__(self, engine) -> None:
+    def __init__(self, engine, **app_options) -> None:
         import uvicorn
 
         from rlhfkit.label.app import create_app
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(engine), host="127.0.0.1", port=self.port,
+        config = uvicorn.Config(create_app(engine, **app_options), host="127.0.0.1", port=self.port,
                                 log_level="warning", access_log=False, lifespan="off")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from labelkit import candidate_sets, make_setup
@@ -24,8 +25,50 @@ def test_migrations_match_table_definitions(engine):
         diff = compare_metadata(MigrationContext.configure(conn), store.metadata)
         version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     assert diff == []
-    assert version == "0001"
+    assert version == "0002"
     store.upgrade(engine)  # idempotent on an up-to-date store
+
+
+def test_upgrade_from_0001_keeps_data_and_adds_the_lease_index(db_url):
+    """A store made before assignment leases (revision 0001) upgrades in place, with its votes,
+    and downgrades back."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect
+
+    engine = store.make_engine(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(store.__file__).with_name("migrations")))
+
+    def migrate(step, rev):
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            step(cfg, rev)
+
+    def lease_index():
+        return "ix_assignment_status_issued" in {
+            i["name"] for i in inspect(engine).get_indexes("assignment")}
+
+    migrate(command.upgrade, "0001")
+    assert not lease_index()
+    # Settings as an older rlhfkit stored them: no assignment_ttl_minutes key.
+    old = {k: v for k, v in projects._settings_json(projects.ProjectSettings()).items()
+           if k != "assignment_ttl_minutes"}
+    with engine.begin() as conn:
+        conn.execute(store.project.insert().values(
+            id=1, name="old", kind="pairwise", guidelines_md="", settings=old, seed=0,
+            created_at=0.0))
+    with engine.connect() as conn:
+        settings = projects.load_settings(projects.project_row(conn, "old").settings)
+    assert settings.assignment_ttl_minutes == projects.DEFAULT_ASSIGNMENT_TTL_MINUTES
+    store.upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert projects.project_row(conn, "old").settings == old
+    assert lease_index()
+    migrate(command.downgrade, "0001")
+    assert not lease_index()
+    engine.dispose()
 
 
 def test_sqlite_pragmas(tmp_path):
@@ -178,8 +221,13 @@ def test_cli_round_trip(tmp_path):
     cands.write_text("".join(cs.model_dump_json() + "\n" for cs in candidate_sets(3)))
     d = ["--dir", str(tmp_path / "proj")]
     run = CliRunner().invoke
-    r = run(app, ["create-project", "demo", "--candidates", str(cands), "--overlap", "2", *d])
+    r = run(app, ["create-project", "demo", "--candidates", str(cands), "--overlap", "2",
+                  "--assignment-ttl-minutes", "5", *d])
     assert r.exit_code == 0
+    with store.open_store(store.default_url(tmp_path / "proj")).connect() as conn:
+        assert projects.project_row(conn, "demo").settings["assignment_ttl_minutes"] == 5
+    r = run(app, ["serve", "--rate-limit-burst", "0", *d])  # refused before anything starts
+    assert r.exit_code == 1 and "burst ≥ 1" in r.output
     r = run(app, ["add-annotator", "demo", "ann", *d])
     assert r.exit_code == 0 and "#token=" in r.output
     assert run(app, ["add-batch", "demo", "--candidates", str(cands), *d]).output.startswith("added 3")

@@ -30,6 +30,7 @@ async function api(method, path, body) {
     const msg = Array.isArray(detail) ? detail.map((d) => d.msg).join("; ") : (detail || r.statusText);
     const err = new Error(msg);
     err.status = r.status;
+    err.code = data && data.code;
     throw err;
   }
   return data;
@@ -236,8 +237,12 @@ async function send(path, body) {
     setStatus("Saved.", false);
     render(next);
   } catch (e) {
-    if (e.status === 409) { setStatus("Already saved.", false); render(await api("GET", "/api/v1/tasks/next")); }
-    else setStatus(e.message, true);
+    if (e.status === 409) {
+      // A lease that ran out while others completed the task: say the answer was not kept.
+      const expired = e.code === "assignment_expired";
+      setStatus(expired ? e.message : "Already saved.", expired);
+      render(await api("GET", "/api/v1/tasks/next"));
+    } else setStatus(e.message, true);  // 429 included: its message says how long to wait
   } finally {
     state.busy = false;
   }

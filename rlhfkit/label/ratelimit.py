@@ -1,0 +1,72 @@
+"""Per-token request rate limit of the annotation API: one token bucket per caller.
+
+A bucket holds at most `burst` tokens and refills at `per_minute / 60` tokens per second; each
+request takes one token, and a request finding less than one is refused (429) with the time
+until a token is back, t = (1 − tokens) / rate, sent as `Retry-After` (whole seconds, rounded
+up). So a caller may fire `burst` requests at once and then `per_minute` a minute for ever.
+
+Why not a library: `limits`' in-memory storage reads `time.time()` itself (no clock to inject
+for tests) and expires its keys on timer threads, and `pyrate-limiter` runs a background leaker
+thread; a bucket per caller is a dozen lines, needs no thread, and costs one dict lookup on the
+vote path. State lives in the server process: several server processes would each allow the
+full rate (one process is the supported set-up; see docs/annotation.md).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+DEFAULT_PER_MINUTE = 120.0
+"""Sustained requests a minute per token: 2 a second, about twice the fastest pace a person keeps
+up on short pairwise items (one key, then Enter), and far below what a script can send."""
+DEFAULT_BURST = 60
+"""Requests a token may send at once: a page load is 2 (`/me`, `/tasks/next`), a vote 1, so a
+burst of 60 absorbs reload storms and quick runs of easy items."""
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Per-token limit of the API (annotator tokens and the admin token, each on its own)."""
+
+    per_minute: float = DEFAULT_PER_MINUTE
+    """Sustained requests per minute per token; 0 turns the limit off."""
+    burst: int = DEFAULT_BURST
+    """Requests a token may send at once before the sustained rate applies (bucket size)."""
+
+    def __post_init__(self) -> None:
+        if not self.per_minute >= 0 or self.burst < 1:
+            raise ValueError("rate limit: per_minute must be ≥ 0 and burst ≥ 1")
+
+
+class TokenBuckets:
+    """One token bucket per key; `take(key)` returns 0.0 when the request may go ahead, else
+    the seconds to wait. Memory: one (tokens, time) pair per key ever seen; keys are annotator
+    ids, so it is bounded by the number of annotators."""
+
+    def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = limit.per_minute / 60.0
+        self.burst = float(limit.burst)
+        self.clock = clock
+        self._state: dict[Hashable, tuple[float, float]] = {}
+
+    def take(self, key: Hashable) -> float:
+        if self.rate == 0:
+            return 0.0
+        now = self.clock()
+        tokens, last = self._state.get(key, (self.burst, now))
+        # max(0, …): a clock stepped backwards refills nothing rather than draining the bucket.
+        tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
+        if tokens >= 1.0:
+            self._state[key] = (tokens - 1.0, now)
+            return 0.0
+        self._state[key] = (tokens, now)
+        return (1.0 - tokens) / self.rate
+
+
+def retry_after(wait_s: float) -> str:
+    """`Retry-After` value: delta-seconds are whole numbers (RFC 9110 §10.2.3), rounded up so a
+    client that waits exactly that long finds a token."""
+    return str(max(1, math.ceil(wait_s)))
