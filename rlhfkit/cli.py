@@ -121,6 +121,24 @@ def demo(
     _print_summary(run_demo(_load(DemoConfig, list(args or []) + ([f"rounds={rounds}"] if rounds else [])), out))
 
 
+@app.command()
+def report(
+    out: str = typer.Option("report.html", "--out", help="HTML file to write."),
+    sft: Optional[str] = typer.Option(None, "--sft", help="SFT run directory."),
+    rm: Optional[str] = typer.Option(None, "--rm", help="Reward-model run directory."),
+    ppo: Optional[str] = typer.Option(None, "--ppo", help="PPO run directory."),
+    eval_run: Optional[str] = typer.Option(None, "--eval", help="Evaluation run directory."),
+    title: str = typer.Option("rlhfkit evaluation report", "--title", help="Page title."),
+) -> None:
+    """One HTML report with plots from any of a pipeline's run directories."""
+    from rlhfkit.eval.report import write_report
+
+    runs = {"sft": sft, "rm": rm, "ppo": ppo, "eval": eval_run}
+    if not any(runs.values()):
+        raise typer.BadParameter("give at least one of --sft, --rm, --ppo, --eval")
+    typer.echo(str(write_report(out, runs, {"title": title})))
+
+
 models_app = typer.Typer(no_args_is_help=True, help="Convert and inspect models.")
 app.add_typer(models_app, name="models")
 
