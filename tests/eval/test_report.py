@@ -137,3 +137,16 @@ def test_malformed_input_spoils_only_its_section(runs, tmp_path):
     text = "".join(parsed.text)
     assert "This section could not be rendered: KeyError" in text
     assert len(parsed.images) == 3  # PPO, SFT, win rates still drawn
+
+
+def test_report_command_writes_the_same_report(runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from rlhfkit.cli import app
+
+    result = CliRunner().invoke(app, ["report", "--out", str(tmp_path / "cli.html"), "--sft", str(runs["sft"]),
+                                      "--ppo", str(runs["ppo"]), "--title", "HH run"])
+    assert result.exit_code == 0, result.output
+    text = "".join(_parse(tmp_path / "cli.html").text)
+    assert "HH run" in text and "sft says" in text and "No reward-model run summary" in text
+    assert CliRunner().invoke(app, ["report", "--out", str(tmp_path / "none.html")]).exit_code == 2
