@@ -174,6 +174,18 @@ def resolve_input_format(tokenizer, input_format: str) -> str:
     return input_format
 
 
+def load_trunk(path: str, dtype=None):
+    """The `AutoModel` trunk of a model dir, without a BERT-style pooler when the class can skip
+    it (the reward reads the last token's hidden state; the pooler is unused)."""
+    from transformers import AutoConfig, AutoModel
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    config = AutoConfig.from_pretrained(path)
+    trunk_class = MODEL_MAPPING.get(type(config), None)
+    skip_pooler = trunk_class is not None and "add_pooling_layer" in inspect.signature(trunk_class.__init__).parameters
+    return AutoModel.from_pretrained(path, dtype=dtype, **({"add_pooling_layer": False} if skip_pooler else {}))
+
+
 class RewardModel(torch.nn.Module):
     """Backbone + linear head (H outputs) at the last real token; see the module docstring."""
 
@@ -369,10 +381,10 @@ class RewardModel(torch.nn.Module):
                         max_length: int = 512, dtype=None, lm_head: bool = False) -> "RewardModel":
         """A fresh head on the `AutoModel` trunk of a local HF dir (causal LM or encoder); the
         LM head, if any, is dropped unless `lm_head` (then the dir must hold a causal LM)."""
-        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM
 
         if not lm_head:
-            backbone = AutoModel.from_pretrained(resolve_model_path(path), dtype=dtype)
+            backbone = load_trunk(resolve_model_path(path), dtype)
             return cls(backbone, load_tokenizer(path), num_heads, input_format, max_length)
         architectures = AutoConfig.from_pretrained(resolve_model_path(path)).architectures or []
         if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
@@ -404,7 +416,6 @@ def load_reward_model(path: str | Path, dtype=None, lm_head: bool = False) -> Re
     The directory holds no LM head; `lm_head` rebuilds one only where the backbone ties it to
     its input embeddings."""
     from safetensors.torch import load_file
-    from transformers import AutoModel
 
     path = Path(path)
     if not is_reward_model_dir(path):
@@ -412,7 +423,7 @@ def load_reward_model(path: str | Path, dtype=None, lm_head: bool = False) -> Re
     config = json.loads((path / CONFIG_FILE).read_text())
     if config.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}/{CONFIG_FILE}: unsupported format_version {config.get('format_version')}")
-    backbone = AutoModel.from_pretrained(str(path), dtype=dtype)
+    backbone = load_trunk(str(path), dtype)
     head = None
     if lm_head:
         if not getattr(backbone.config, "tie_word_embeddings", False):
