@@ -44,9 +44,10 @@ CLAIM_RETRIES = 20
 
 # Statements are built once: building a Core statement costs ~4x executing a prebuilt one, and
 # this path runs once per vote.
-_AUTH = (select(N.c.id, N.c.pseudonym, N.c.name, N.c.active, P.c.id.label("pid"),
-                P.c.name.label("pname"), P.c.kind, P.c.seed, P.c.guidelines_md, P.c.settings)
-         .join(P, P.c.id == N.c.project_id).where(N.c.token_hash == bindparam("b_hash")))
+_ACTIVE = select(N.c.id, N.c.active).where(N.c.token_hash == bindparam("b_hash"))
+_PROFILE = (select(N.c.id, N.c.pseudonym, N.c.name, P.c.id.label("pid"), P.c.name.label("pname"),
+                   P.c.kind, P.c.seed, P.c.guidelines_md, P.c.settings)
+            .join(P, P.c.id == N.c.project_id).where(N.c.id == bindparam("b_aid")))
 _OPEN = (select(A.c.task_id, A.c.display_order, A.c.seq)
          .where(A.c.annotator_id == bindparam("b_aid"), A.c.status == "open")
          .order_by(A.c.seq).limit(1))
@@ -59,14 +60,20 @@ _EXPIRE = (update(A).where(A.c.id == bindparam("b_id"), A.c.status == "open")
 _RELEASE = (update(T).where(T.c.id == bindparam("b_tid"))
             .values(n_assigned=T.c.n_assigned - 1, is_open=True))
 _MAX_SEQ = select(func.max(A.c.seq)).where(A.c.annotator_id == bindparam("b_aid"))
-_PICK = {gold: select(T.c.id, T.c.candidate_ids).where(
-    T.c.project_id == bindparam("b_pid"), T.c.is_open.is_(True), T.c.is_gold.is_(gold),
-    T.c.repeat_of.is_(None),
-    ~exists().where(A.c.task_id == T.c.id, A.c.annotator_id == bindparam("b_aid")),
-).order_by(T.c.id).limit(1) for gold in (False, True)}
+_Q = T.alias("q")
+_PICK = {gold: select(_Q.c.id).where(
+    _Q.c.project_id == bindparam("b_pid"), _Q.c.is_open.is_(True), _Q.c.is_gold.is_(gold),
+    _Q.c.repeat_of.is_(None),
+    ~exists().where(A.c.task_id == _Q.c.id, A.c.annotator_id == bindparam("b_aid")),
+).order_by(_Q.c.id).limit(1) for gold in (False, True)}
+_BUMP_VALUES = {"n_assigned": T.c.n_assigned + 1, "is_open": (T.c.n_assigned + 1) < T.c.overlap}
 _BUMP = (update(T).where(T.c.id == bindparam("b_tid"), T.c.is_open.is_(True))
-         .values(n_assigned=T.c.n_assigned + 1, is_open=(T.c.n_assigned + 1) < T.c.overlap)
-         .returning(T.c.n_assigned))
+         .values(_BUMP_VALUES).returning(T.c.n_assigned))
+# Pick and bump in one statement (the pick is a subquery of the UPDATE; `q` aliases the task
+# table so the subquery is not correlated with the row being updated).
+_CLAIM = {gold: update(T).where(T.c.id == _PICK[gold].scalar_subquery(), T.c.is_open.is_(True))
+          .values(_BUMP_VALUES).returning(T.c.id, T.c.candidate_ids, T.c.n_assigned)
+          for gold in (False, True)}
 _INSERT_ASSIGNMENT = insert(A)
 _VIEW = (select(T.c.candidate_ids, IT.c.prompt, C.c.id, C.c.text)
          .join(IT, IT.c.id == T.c.item_id).join(C, C.c.item_id == IT.c.id)
@@ -110,13 +117,27 @@ class Annotator:
     settings: Any
 
 
-def authenticate(conn: Connection, token: str) -> Annotator | None:
-    """The active annotator holding `token`, or None."""
-    row = conn.execute(_AUTH, {"b_hash": hash_token(token)}).first()
+def authenticate(conn: Connection, token: str,
+                 known: dict[int, Annotator] | None = None) -> Annotator | None:
+    """The active annotator holding `token`, or None.
+
+    `known`: annotators met before, by id, filled here (the server keeps one per app). Nothing
+    of an annotator or project row ever changes after it is written except `active`, and that is
+    read from the database on every call, so a revocation (from the API or the CLI, in any
+    process) applies to the very next request; the cache saves the join, fetching the guidelines
+    and parsing the settings on every request.
+    """
+    row = conn.execute(_ACTIVE, {"b_hash": hash_token(token)}).first()
     if row is None or not row.active:
         return None
-    return Annotator(row.id, row.pseudonym, row.name, row.pid, row.pname, row.kind, row.seed,
-                     row.guidelines_md, load_settings(row.settings))
+    who = None if known is None else known.get(row.id)
+    if who is None:
+        p = conn.execute(_PROFILE, {"b_aid": row.id}).one()
+        who = Annotator(p.id, p.pseudonym, p.name, p.pid, p.pname, p.kind, p.seed,
+                        p.guidelines_md, load_settings(p.settings))
+        if known is not None:
+            known[row.id] = who
+    return who
 
 
 def display_order(seed: int, task_id: int, slot: int, k: int) -> list[int]:
@@ -186,16 +207,16 @@ def next_task(conn: Connection, who: Annotator, after_seq: int | None = None,
 
 def _claim(conn: Connection, who: Annotator, seq: int, now: float,
            gold: bool) -> tuple[int, list[int]] | None:
+    params = {"b_pid": who.project_id, "b_aid": who.id}
     for _ in range(CLAIM_RETRIES):
-        pick = conn.execute(_PICK[gold], {"b_pid": who.project_id, "b_aid": who.id}).first()
-        if pick is None:
-            return None
-        n = conn.execute(_BUMP, {"b_tid": pick.id}).scalar()
-        if n is None:  # a concurrent claimer filled it between our SELECT and UPDATE
-            continue
-        order = display_order(who.seed, pick.id, n - 1, len(pick.candidate_ids))
-        _insert_assignment(conn, who, pick.id, seq, order, now)
-        return pick.id, order
+        got = conn.execute(_CLAIM[gold], params).first()
+        if got is None:
+            if conn.execute(_PICK[gold], params).first() is None:
+                return None  # nothing left for this annotator
+            continue  # a concurrent claimer filled the task we picked before our UPDATE ran
+        order = display_order(who.seed, got.id, got.n_assigned - 1, len(got.candidate_ids))
+        _insert_assignment(conn, who, got.id, seq, order, now)
+        return got.id, order
     return None
 
 

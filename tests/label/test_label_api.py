@@ -280,3 +280,59 @@ def test_new_batch_while_live(engine, client_for):
     assert projects.add_batch(engine, "proj", candidate_sets(2, prefix="q")) == 2
     assert len(vote_all(c, s, "alice")) == 2
 
+
+
+def test_revocation_from_another_process_applies_to_a_cached_annotator(engine, client_for, db_url):
+    """The app caches who holds a token (assign.authenticate's `known`), but re-reads `active`
+    on every request: a revocation made elsewhere (the CLI, another engine) applies at once."""
+    s = make_setup(engine, n=4)
+    c = client_for(engine)
+    t = c.get("/api/v1/tasks/next", headers=s.h("alice")).json()["task"]
+    r = c.post(f"/api/v1/tasks/{t['task_id']}/vote", headers=s.h("alice"), json={"choice": "1"})
+    assert r.status_code == 200  # alice is in the cache now
+    other = store.make_engine(db_url)  # as `rlhfkit annotate revoke` in its own process would
+    projects.revoke(other, "proj", "alice")
+    other.dispose()
+    t = r.json()["task"]
+    r = c.post(f"/api/v1/tasks/{t['task_id']}/vote", headers=s.h("alice"), json={"choice": "1"})
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert c.get("/api/v1/me", headers=s.h("alice")).status_code == 401
+    assert c.get("/api/v1/tasks/next", headers=s.h("bob")).status_code == 200
+
+
+def test_hot_routes_answer_exactly_as_fastapi_does(engine, client_for, monkeypatch):
+    """`HotRoutes` answers the per-vote paths itself; every error must come out as it does when
+    FastAPI routes the same request (checked by turning the shortcut off for the second call)."""
+    from rlhfkit.label.app import HotRoutes
+
+    s = make_setup(engine, n=4)
+    c = client_for(engine)
+    t = c.get("/api/v1/tasks/next", headers=s.h("alice")).json()["task"]
+    done = c.post(f"/api/v1/tasks/{t['task_id']}/vote", headers=s.h("alice"), json={"choice": "1"})
+    mine = done.json()["task"]["task_id"]
+    bobs = c.get("/api/v1/tasks/next", headers=s.h("bob")).json()["task"]["task_id"]
+    cases = [  # each answer leaves the store as it was, so both runs see the same state
+        ("GET", "/api/v1/tasks/next", {}, None),
+        ("GET", "/api/v1/tasks/next", {"Authorization": "Bearer nope"}, None),
+        ("POST", f"/api/v1/tasks/{mine}/vote", {}, {"choice": "1"}),
+        ("POST", f"/api/v1/tasks/{mine}/vote", s.h("alice"), {"choice": "7"}),
+        ("POST", f"/api/v1/tasks/{mine}/vote", s.h("alice"), {"rating": 3}),
+        ("POST", f"/api/v1/tasks/{mine}/skip", s.h("alice"), {"reason": ""}),
+        ("POST", f"/api/v1/tasks/{bobs}/vote", s.h("alice"), {"choice": "1"}),
+        ("POST", f"/api/v1/tasks/{t['task_id']}/vote", s.h("alice"), {"choice": "1"}),
+        ("POST", f"/api/v1/tasks/{2**31 - 1}/skip", s.h("alice"), {"reason": "x"}),
+    ]
+    for method, path, headers, body in cases:
+        hot = c.request(method, path, headers=headers, json=body)
+        with monkeypatch.context() as m:
+            m.setattr(HotRoutes, "_route", lambda self, scope: None)
+            routed = c.request(method, path, headers=headers, json=body)
+        assert hot.status_code == routed.status_code and hot.status_code >= 400, (path, hot.text)
+        assert hot.json() == routed.json()
+        assert dict(hot.headers) == dict(routed.headers)
+    # Spellings FastAPI reads differently (or refuses) are left to it.
+    for path in ("/api/v1/tasks/007/vote", "/api/v1/tasks/+7/vote", f"/api/v1/tasks/{2**31}/vote"):
+        assert HotRoutes._route(None, {"method": "POST", "path": path}) is None
+    assert c.post("/api/v1/tasks/0/vote", headers=s.h("alice"), json={"choice": "1"}).status_code == 422
+    assert c.put(f"/api/v1/tasks/{mine}/vote", headers=s.h("alice"), json={}).status_code == 405

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -241,3 +242,23 @@ def test_cli_round_trip(tmp_path):
     bad.write_text('{"prompt_id": "x"}\n')
     r = run(app, ["add-batch", "demo", "--candidates", str(bad), *d])
     assert r.exit_code != 0 and "bad.jsonl:1" in r.output
+
+
+def test_background_checkpoints_move_the_wal_off_the_request_path(tmp_path):
+    engine = store.open_store(store.default_url(tmp_path))
+    stop = store.checkpoint_in_background(engine, interval_s=0.05)
+    try:
+        with engine.connect() as conn:  # a request's connection never checkpoints itself
+            assert conn.execute(text("PRAGMA wal_autocheckpoint")).scalar() == 0
+        db = tmp_path / store.DB_FILENAME
+        before = db.stat().st_size
+        with engine.begin() as conn:
+            conn.execute(store.setting.insert(), [{"key": f"k{i}", "value": "x" * 1000}
+                                                  for i in range(2000)])
+        deadline = time.time() + 10
+        while db.stat().st_size <= before and time.time() < deadline:
+            time.sleep(0.02)
+        assert db.stat().st_size > before + 1_000_000  # the thread copied the pages in
+    finally:
+        stop()
+        engine.dispose()
