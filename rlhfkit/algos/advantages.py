@@ -14,6 +14,9 @@ All estimators sit behind one registry, `ADVANTAGE_ESTIMATORS`, with one calling
   `scores` alone (GRPO with the KL in the loss instead, `ppo_losses.kl_loss`).
 - `values` (B, T): critic values, GAE only. `group_ids` (B,) int: responses to the same prompt
   share an id (needed by grpo, dr_grpo, rloo, reinforce_pp_baseline).
+- `reduce_sum` (optional): sums a tensor over data-parallel processes; estimators that normalise
+  over the batch (REINFORCE++) then use the global batch. Group estimators need none: all G
+  responses to a prompt are sampled on the same process.
 - Returns `(advantages (B, T), returns (B, T) | None)`; returns are the value targets and exist
   only for GAE. Everything is 0 where `response_mask` (True = real response token) is False.
 
@@ -140,6 +143,7 @@ def reinforce_pp_advantages(
     rewards: Tensor | None = None,
     gamma: float = 1.0,
     eps: float = 1e-8,
+    reduce_sum: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """REINFORCE++: returns normalised over the whole batch (all response tokens pooled).
 
@@ -149,7 +153,8 @@ def reinforce_pp_advantages(
 
     With `group_ids` the group mean of the scores is subtracted from the score first ("REINFORCE++
     baseline", for several samples per prompt). Shapes: `scores` (B,), `response_mask` (B, T),
-    `group_ids` (B,) or None, `rewards` (B, T) or None → (B, T), 0 where masked.
+    `group_ids` (B,) or None, `rewards` (B, T) or None → (B, T), 0 where masked. `reduce_sum`
+    (data parallel) sums over processes, so "the batch" is the global one (`masked_whiten`).
     Source: Hu 2025 (arXiv 2501.03262) eqs. 8–10; OpenRLHF and verl implementations.
     """
     baseline = _group_stats(scores, group_ids)[1] if group_ids is not None else torch.zeros_like(scores)
@@ -159,7 +164,7 @@ def reinforce_pp_advantages(
         # The score sits on the last real token of `rewards`, so the baseline is taken off there.
         at_last = torch.where(last_true_mask(response_mask), baseline.unsqueeze(-1).to(rewards.dtype), 0.0)
         returns = discounted_returns(rewards - at_last, response_mask, gamma)
-    return masked_whiten(returns, response_mask, shift_mean=True, eps=eps)
+    return masked_whiten(returns, response_mask, shift_mean=True, eps=eps, reduce_sum=reduce_sum)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +178,8 @@ class EstimatorSpec:
     name: str
     """Registry key, as written in configs."""
     fn: Callable[..., tuple[Tensor, Tensor | None]]
-    """fn(*, scores, rewards, values, response_mask, group_ids, gamma, gae_lambda) → (adv, returns|None)."""
+    """fn(*, scores, rewards, values, response_mask, group_ids, gamma, gae_lambda, reduce_sum)
+    → (adv, returns | None)."""
     needs_values: bool
     """True: a critic must provide `values`, and the loop trains it on the returned `returns`."""
     needs_groups: bool
@@ -218,15 +224,17 @@ def _rloo_entry(*, scores=None, rewards=None, response_mask, group_ids=None, **_
     return rloo_advantages(_sequence_reward(scores, rewards, response_mask), group_ids, response_mask), None
 
 
-def _reinforce_pp_entry(*, scores=None, rewards=None, response_mask, gamma=1.0, **_):
+def _reinforce_pp_entry(*, scores=None, rewards=None, response_mask, gamma=1.0, reduce_sum=None, **_):
     _require("reinforce_pp", scores=scores)
-    return reinforce_pp_advantages(scores, response_mask, rewards=rewards, gamma=gamma), None
+    return reinforce_pp_advantages(scores, response_mask, rewards=rewards, gamma=gamma, reduce_sum=reduce_sum), None
 
 
-def _reinforce_pp_baseline_entry(*, scores=None, rewards=None, response_mask, group_ids=None, gamma=1.0, **_):
+def _reinforce_pp_baseline_entry(*, scores=None, rewards=None, response_mask, group_ids=None, gamma=1.0,
+                                 reduce_sum=None, **_):
     # The group baseline is a mean of bare scores, so `scores` are needed even when `rewards` carry them.
     _require("reinforce_pp_baseline", scores=scores, group_ids=group_ids)
-    return reinforce_pp_advantages(scores, response_mask, group_ids, rewards=rewards, gamma=gamma), None
+    return reinforce_pp_advantages(scores, response_mask, group_ids, rewards=rewards, gamma=gamma,
+                                   reduce_sum=reduce_sum), None
 
 
 def _spec(name, fn, needs_values, needs_groups, agg):

@@ -1,9 +1,11 @@
 """Token log-probabilities and entropies from logits, without materialising a one-hot or a full
 (B, T, V) log-softmax in one go.
 
-Both functions loop over the batch rows: the temporaries of `logsumexp` / `log_softmax` are then
-one (T, V) slice at a time instead of the whole (B, T, V) tensor, which is what dominates memory
-for large vocabularies (the same trade TRL's `selective_log_softmax` makes).
+Both functions loop over chunks of batch rows of at most `CHUNK_ELEMENTS` logits: the temporaries
+of `logsumexp` / `log_softmax` are then one chunk at a time instead of the whole (B, T, V) tensor,
+which is what dominates memory for large vocabularies (the same trade TRL's
+`selective_log_softmax` makes, there one row at a time), while a small batch takes one vectorised
+pass instead of B small ones.
 
 Half-precision logits (fp16/bf16) are upcast to fp32 row by row and the result is returned in
 fp32: PPO takes exp(logπ − logπ_old), and bf16 log-probs alone give a ratio spread of ≈0.05 at
@@ -16,6 +18,16 @@ from __future__ import annotations
 import torch
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
+CHUNK_ELEMENTS = 1 << 24
+"""Logits per chunk of rows (64 MiB in fp32): a (T, V) row of a 150k vocabulary × 512 tokens is
+77M logits, one row a chunk; the built-in task's 16 × 48 × 2k is one chunk for the whole batch."""
+
+
+def _row_chunks(logits: torch.Tensor, *others: torch.Tensor):
+    """(logits chunk, *other chunks) over chunks of whole rows of at most CHUNK_ELEMENTS logits."""
+    per_row = max(1, logits[0].numel()) if logits.shape[0] else 1
+    rows = max(1, CHUNK_ELEMENTS // per_row)
+    return zip(logits.split(rows), *(t.split(rows) for t in others))
 
 
 def _scaled(row_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -26,6 +38,21 @@ def _scaled(row_logits: torch.Tensor, temperature: float) -> torch.Tensor:
 def _check_temperature(temperature: float) -> None:
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def scale_logits_(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / temperature, **in place** when `logits` is fp32 or fp64, saving a copy of
+    the (B, T, V) tensor; then pass temperature 1 to `logprobs_from_logits` / `entropy_from_logits`.
+    Half-precision logits are upcast first (a new tensor), as those functions do.
+
+    Only for a tensor the caller owns whose producer's backward does not read it — an LM head's
+    fresh output (a Linear saves its input and weight, not its output); autograd raises otherwise.
+    The values are bit-for-bit those of `logits.float() / temperature`.
+    """
+    _check_temperature(temperature)
+    if logits.dtype in _HALF_DTYPES:
+        logits = logits.float()
+    return logits if temperature == 1.0 else logits.div_(temperature)
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -42,15 +69,15 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature
     rlhf-details c3).
     """
     _check_temperature(temperature)
-    rows = []
-    for row_logits, row_tokens in zip(logits, tokens):
-        z = _scaled(row_logits, temperature)
-        picked = z.gather(-1, row_tokens.unsqueeze(-1)).squeeze(-1)
-        rows.append(picked - torch.logsumexp(z, dim=-1))
-    if not rows:
+    chunks = []
+    for chunk_logits, chunk_tokens in _row_chunks(logits, tokens):
+        z = _scaled(chunk_logits, temperature)
+        picked = z.gather(-1, chunk_tokens.unsqueeze(-1)).squeeze(-1)
+        chunks.append(picked - torch.logsumexp(z, dim=-1))
+    if not chunks:
         out_dtype = torch.float32 if logits.dtype in _HALF_DTYPES else logits.dtype
         return logits.new_zeros(tokens.shape, dtype=out_dtype)
-    return torch.stack(rows)
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
 
 def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -63,12 +90,12 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     0·(−inf) = NaN.
     """
     _check_temperature(temperature)
-    rows = []
-    for row_logits in logits:
-        logp = torch.log_softmax(_scaled(row_logits, temperature), dim=-1)
+    chunks = []
+    for (chunk_logits,) in _row_chunks(logits):
+        logp = torch.log_softmax(_scaled(chunk_logits, temperature), dim=-1)
         p = logp.exp()
-        rows.append(-(p * logp.masked_fill(torch.isneginf(logp), 0.0)).sum(-1))
-    if not rows:
+        chunks.append(-(p * logp.masked_fill(torch.isneginf(logp), 0.0)).sum(-1))
+    if not chunks:
         out_dtype = torch.float32 if logits.dtype in _HALF_DTYPES else logits.dtype
         return logits.new_zeros(logits.shape[:-1], dtype=out_dtype)
-    return torch.stack(rows)
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)

@@ -8,7 +8,7 @@ so NaN/inf garbage in padding cannot leak into results or gradients (`x * mask` 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 
@@ -58,18 +58,30 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = False) -> t
 
 
 def masked_whiten(
-    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Whiten the masked entries of `x` with statistics pooled over all of them.
 
     y = (x − μ) / √(σ² + eps)  (+ μ again when `shift_mean=False`), σ² the *biased* variance.
     Masked positions come out as 0. Shapes: any; `mask` broadcastable to `x`.
 
+    `reduce_sum` (data parallel) sums a tensor over processes, e.g. an all-reduce: μ and σ² are
+    then those of the global batch, in the same two passes (Σx and n, then Σ(x − μ)²), so N
+    processes with B rows each whiten exactly like one process with N·B rows.
+
     Source: lm-human-preferences `utils/core.py: whiten` (rewards are whitened with
     shift_mean=False, advantages with shift_mean=True); rlhf-details c7 test vector.
     """
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask)
+    if reduce_sum is None:
+        mean = masked_mean(x, mask)
+        var = masked_var(x, mask)
+    else:
+        x_b, mask_b = torch.broadcast_tensors(x, mask.bool())
+        total, count = reduce_sum(torch.stack([masked_sum(x_b, mask_b), mask_b.sum().to(x.dtype)]))
+        count = count.clamp(min=1)
+        mean = total / count
+        var = reduce_sum(masked_sum((x_b - mean) ** 2, mask_b)) / count
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

@@ -5,7 +5,9 @@ Layout of every training batch (the rollout's): prompts left-padded to width P, 
 right-padded to width R, concatenated to (B, P + R). Position ids are counted over real tokens
 (`position_ids_from_mask`), so a left-padded row gives the same logits as the unpadded one
 (rlhf-details c1). The distribution over response token t is read at column P − 1 + t, i.e. the
-last R + 1 columns minus the final one; `logits_to_keep` skips the LM head on prompt columns.
+last R + 1 columns minus the final one; `logits_to_keep` (those R positions) runs the LM head on
+them only, so neither the prompt columns nor the last column cost an LM-head product, and the
+logits come out exactly (B, R, V) with no slice whose backward would zero-fill a (B, R + 1, V) grad.
 """
 
 from __future__ import annotations
@@ -42,6 +44,13 @@ class ForwardOut:
     values: torch.Tensor | None
 
 
+def response_positions(ids: torch.Tensor, n_response: int) -> torch.Tensor:
+    """Columns P − 1 … P + R − 2 of a (B, P + R) batch: where the logits over the R response tokens
+    are read (HF `logits_to_keep` accepts these 1-D positions)."""
+    width = ids.shape[1]
+    return torch.arange(width - n_response - 1, width - 1, device=ids.device)
+
+
 class PolicyWithValueHead(nn.Module):
     """A causal LM plus an optional zero-initialised value head on its final hidden state.
 
@@ -57,13 +66,13 @@ class PolicyWithValueHead(nn.Module):
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, n_response: int) -> ForwardOut:
         """ids, mask (B, P + R) → logits (B, R, V) and values (B, R) for the last R columns."""
         out = self.lm(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids_from_mask(mask),
-                      logits_to_keep=n_response + 1, use_cache=False,
+                      logits_to_keep=response_positions(ids, n_response), use_cache=False,
                       output_hidden_states=self.value_head is not None)
         values = None
         if self.value_head is not None:
             hidden = out.hidden_states[-1][:, -(n_response + 1):-1]
             values = self.value_head(hidden).squeeze(-1).float()
-        return ForwardOut(out.logits[:, :-1], values)
+        return ForwardOut(out.logits, values)
 
 
 class Critic(nn.Module):
@@ -139,8 +148,8 @@ class Reference:
         `policy` is the (possibly wrapped-then-unwrapped) policy when adapters are used."""
         with self._lm(policy) as lm:
             out = lm(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids_from_mask(mask),
-                     logits_to_keep=n_response + 1, use_cache=False)
-        return out.logits[:, :-1]
+                     logits_to_keep=response_positions(ids, n_response), use_cache=False)
+        return out.logits
 
     def refresh(self, policy: PolicyWithValueHead) -> None:
         """Make the current policy the new reference (periodic refresh; not with adapters)."""

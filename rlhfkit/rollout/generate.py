@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from rlhfkit.algos.logprobs import logprobs_from_logits
+from rlhfkit.algos.logprobs import logprobs_from_logits, scale_logits_
 from rlhfkit.data.collate import first_true_after, left_pad
 
 
@@ -61,10 +61,11 @@ def generate(
         return_dict_in_generate=True, output_logits=True, **sampling,
     )
     response = out.sequences[:, ids.shape[1]:]
-    logits = torch.stack(out.logits, dim=1).float()
+    # The stacked logits are a fresh tensor: ÷ T in place.
+    logits = scale_logits_(torch.stack(out.logits, dim=1), 1.0 if greedy else temperature)
     is_eos = response == eos_id
     response_mask = ~first_true_after(is_eos)
-    logprobs = logprobs_from_logits(logits, response, 1.0 if greedy else temperature)
+    logprobs = logprobs_from_logits(logits, response)
     return Rollout(
         prompt_ids=ids, prompt_mask=mask, response_ids=torch.where(response_mask, response, pad_id),
         response_mask=response_mask, logprobs=logprobs.masked_fill(~response_mask, 0.0),

@@ -31,7 +31,7 @@ import torch
 
 from rlhfkit.algos.advantages import EstimatorSpec, get_estimator
 from rlhfkit.algos.kl import AdaptiveKLController, FixedKLController
-from rlhfkit.algos.logprobs import logprobs_from_logits
+from rlhfkit.algos.logprobs import logprobs_from_logits, scale_logits_
 from rlhfkit.algos.masking import masked_whiten
 from rlhfkit.algos.ppo_losses import explained_variance
 from rlhfkit.algos.rewards import apply_missing_eos_penalty, clip_rewards, per_token_rewards
@@ -45,7 +45,8 @@ from rlhfkit.train.common import (Progress, build_optimizer, build_scheduler, gl
 from rlhfkit.train.ppo_checks import Watchdog, distinct_n
 from rlhfkit.train.ppo_setup import (PromptSet, build_critic, build_policy, build_scorer, load_prompts,
                                      load_ptx_examples, load_reward_models)
-from rlhfkit.train.ppo_update import Experience, LossSettings, Models, ppo_update, pretrain_critic, ptx_loss_fn
+from rlhfkit.train.ppo_update import (MAX_STATS, Experience, LossSettings, Models, ppo_update, pretrain_critic,
+                                      ptx_loss_fn)
 from rlhfkit.train.run import (RunDir, StageTimer, latest_checkpoint, load_checkpoint, save_checkpoint,
                                seed_everything)
 
@@ -155,8 +156,9 @@ def reference_stage(ctx: PPORun, rollout: Rollout) -> tuple[torch.Tensor, torch.
     for start in range(0, ids.shape[0], chunk):
         sl = slice(start, start + chunk)
         with acc.autocast():
-            logits = ctx.reference.logits(ids[sl], mask[sl], n_resp, policy=ctx.policy)
-            ref_out.append(logprobs_from_logits(logits, rollout.response_ids[sl], ctx.cfg.rollout.temperature))
+            logits = scale_logits_(ctx.reference.logits(ids[sl], mask[sl], n_resp, policy=ctx.policy),
+                                   ctx.cfg.rollout.temperature)
+            ref_out.append(logprobs_from_logits(logits, rollout.response_ids[sl]))
             if ctx.spec.needs_values and models.critic is not None:
                 value_out.append(models.critic(ids[sl], mask[sl], n_resp))
             elif ctx.spec.needs_values:
@@ -167,6 +169,14 @@ def reference_stage(ctx: PPORun, rollout: Rollout) -> tuple[torch.Tensor, torch.
     return ref_logprobs, values
 
 
+def global_sum(ctx: PPORun):
+    """The all-reduce sum for whitening statistics with several processes (None with one): each
+    process holds rollout_batch_size / num_processes rows, and whitening over the global rollout
+    makes N processes × B rows equal one process × N·B rows (tested)."""
+    acc = ctx.accelerator
+    return (lambda t: acc.reduce(t, "sum")) if acc.num_processes > 1 else None
+
+
 def rewards_stage(ctx: PPORun, batch: Batch, ref_logprobs: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """Per-token rewards (B, R): −β·KL per token when the KL is in the reward, the score on the
     last real token; optionally whitened without restoring the mean."""
@@ -175,7 +185,7 @@ def rewards_stage(ctx: PPORun, batch: Batch, ref_logprobs: torch.Tensor) -> tupl
     rewards, _ = per_token_rewards(batch.scores, roll.logprobs, ref_logprobs, roll.response_mask, beta,
                                    cfg.kl.estimator)
     if cfg.reward.whiten:
-        rewards = masked_whiten(rewards, roll.response_mask, shift_mean=False)
+        rewards = masked_whiten(rewards, roll.response_mask, shift_mean=False, reduce_sum=global_sum(ctx))
     seq_kl = torch.where(roll.response_mask, roll.logprobs - ref_logprobs, 0.0).sum(-1)
     return rewards, {"kl/ref": seq_kl.mean(), "kl/coef": ctx.kl_ctl.value,
                      "reward/total": rewards.sum(-1).mean()}
@@ -186,10 +196,10 @@ def advantages_stage(ctx: PPORun, batch: Batch, ref_logprobs, values, rewards) -
     cfg, roll = ctx.cfg, batch.rollout
     advantages, returns = ctx.spec.fn(scores=batch.scores, rewards=rewards, values=values,
                                       response_mask=roll.response_mask, group_ids=batch.group_ids,
-                                      gamma=cfg.gamma, gae_lambda=cfg.gae_lambda)
+                                      gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, reduce_sum=global_sum(ctx))
     whiten = cfg.whiten_advantages if cfg.whiten_advantages is not None else ctx.spec.needs_values
     if whiten:
-        advantages = masked_whiten(advantages, roll.response_mask, shift_mean=True)
+        advantages = masked_whiten(advantages, roll.response_mask, shift_mean=True, reduce_sum=global_sum(ctx))
     ids, mask = roll.sequences()
     exp = Experience(ids, mask, roll.response_ids, roll.response_mask, roll.logprobs, ref_logprobs,
                      advantages, values, returns)
@@ -238,7 +248,7 @@ def _ref_only(ctx: PPORun, roll: Rollout) -> torch.Tensor:
     ids, mask = roll.sequences()
     with ctx.accelerator.autocast():
         logits = ctx.reference.logits(ids, mask, roll.response_ids.shape[1], policy=ctx.policy)
-    ref = logprobs_from_logits(logits, roll.response_ids, ctx.cfg.rollout.temperature)
+    ref = logprobs_from_logits(scale_logits_(logits, ctx.cfg.rollout.temperature), roll.response_ids)
     return torch.where(roll.response_mask, ref, 0.0)
 
 
@@ -439,11 +449,17 @@ def plateau_reached(cfg: PPOConfig, state: dict, score: float, step: int) -> boo
 
 
 def reduce_metrics(acc, metrics: dict) -> dict[str, float]:
-    """Every metric as a float averaged over processes (maxima stay per-process maxima of the mean)."""
+    """Every metric as a float over all processes: the mean (each process holds the same number of
+    rollouts, so the mean of means is the global mean), and the maximum for `MAX_STATS`."""
     out = {}
     for key, value in metrics.items():
         tensor = torch.as_tensor(value, dtype=torch.float32, device=acc.device)
-        out[key] = float(acc.reduce(tensor, "mean")) if acc.num_processes > 1 else float(tensor)
+        if acc.num_processes == 1:
+            out[key] = float(tensor)
+        elif key in MAX_STATS:
+            out[key] = float(acc.gather(tensor.reshape(1)).max())
+        else:
+            out[key] = float(acc.reduce(tensor, "mean"))
     return out
 
 

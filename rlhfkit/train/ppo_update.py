@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from rlhfkit.algos.logprobs import entropy_from_logits, logprobs_from_logits
+from rlhfkit.algos.logprobs import entropy_from_logits, logprobs_from_logits, scale_logits_
 from rlhfkit.algos.masking import masked_mean
 from rlhfkit.algos.ppo_losses import clipped_policy_loss, clipped_value_loss, entropy_bonus, kl_loss
 from rlhfkit.data.collate import left_pad, right_pad
@@ -100,7 +100,8 @@ def micro_losses(models: Models, mb: Experience, s: LossSettings, want_entropy: 
     """Loss terms of one micro-batch (each reduced within it) and detached stats."""
     n_resp = mb.response_ids.shape[1]
     out = models.policy(mb.ids, mb.mask, n_resp)
-    logprobs = logprobs_from_logits(out.logits, mb.response_ids, s.temperature)
+    logits = scale_logits_(out.logits, s.temperature)  # ÷ T once, in place: no (B, R, V) copy
+    logprobs = logprobs_from_logits(logits, mb.response_ids)
     policy_loss, pstats = clipped_policy_loss(logprobs, mb.logprobs, mb.advantages, mb.response_mask, s.clip_eps,
                                               s.agg_mode, s.max_len)
     terms = {"policy": policy_loss}
@@ -109,7 +110,7 @@ def micro_losses(models: Models, mb: Experience, s: LossSettings, want_entropy: 
     if ratio_check:
         stats["ppo/first_ratio_dev"] = torch.maximum(pstats.ratio_max - 1, 1 - pstats.ratio_min)
     if want_entropy or s.entropy_coef:
-        entropy = entropy_from_logits(out.logits if s.entropy_coef else out.logits.detach(), s.temperature)
+        entropy = entropy_from_logits(logits if s.entropy_coef else logits.detach())
         stats["policy/entropy"] = masked_mean(entropy.detach(), mb.response_mask)
         if s.entropy_coef:
             terms["entropy"] = -s.entropy_coef * entropy_bonus(entropy, mb.response_mask, s.agg_mode, s.max_len)

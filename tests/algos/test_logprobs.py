@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from rlhfkit.algos.logprobs import entropy_from_logits, logprobs_from_logits
+from rlhfkit.algos import logprobs as logprobs_module
+from rlhfkit.algos.logprobs import entropy_from_logits, logprobs_from_logits, scale_logits_
 
 
 def _logits(b=3, t=5, v=11, seed=0, dtype=torch.float64):
@@ -77,3 +78,31 @@ def test_bad_temperature_and_empty_batch():
         logprobs_from_logits(logits, tokens, 0.0)
     assert logprobs_from_logits(logits[:0], tokens[:0]).shape == (0, 5)
     assert entropy_from_logits(logits[:0]).shape == (0, 5)
+
+
+def test_chunks_of_rows_give_the_one_pass_result(monkeypatch):
+    logits, tokens = _logits(b=5)
+    whole = logprobs_from_logits(logits, tokens, 0.7), entropy_from_logits(logits, 0.7)
+    monkeypatch.setattr(logprobs_module, "CHUNK_ELEMENTS", 2 * 5 * 11)  # 2 rows a chunk: chunks of 2, 2, 1
+    chunked = logprobs_from_logits(logits, tokens, 0.7), entropy_from_logits(logits, 0.7)
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    reference = torch.log_softmax(logits / 0.7, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(chunked[0], reference, rtol=1e-12, atol=1e-12)
+
+
+def test_scale_logits_in_place_equals_division_and_keeps_gradients():
+    logits, tokens = _logits(dtype=torch.float32)
+    expected = logits / 0.7
+    weight = torch.ones((), requires_grad=True)
+    fresh = logits * weight  # a tensor whose producer's backward does not read it
+    scaled = scale_logits_(fresh, 0.7)
+    assert scaled.data_ptr() == fresh.data_ptr()  # in place: no copy of (B, T, V)
+    torch.testing.assert_close(scaled, expected, rtol=0, atol=0)
+    logprobs_from_logits(scaled, tokens).sum().backward()
+    ref_weight = torch.ones((), requires_grad=True)
+    logprobs_from_logits(logits * ref_weight, tokens, 0.7).sum().backward()
+    torch.testing.assert_close(weight.grad, ref_weight.grad, rtol=1e-6, atol=1e-6)
+    bf16 = logits.to(torch.bfloat16)
+    up = scale_logits_(bf16, 0.7)
+    assert up.dtype == torch.float32 and torch.equal(bf16, logits.to(torch.bfloat16))  # half: upcast copy

@@ -117,3 +117,42 @@ def test_aggregation_errors():
         aggregate_token_loss(LOSS, MASK, "seq_mean_token_sum_norm")
     with pytest.raises(ValueError, match="token_mean"):
         aggregate_token_loss(LOSS, MASK, "sum")
+
+
+def _whiten_shard(rank: int, init_file: str, x: torch.Tensor, mask: torch.Tensor, out: str) -> None:
+    """One of two gloo processes: whiten its half of the rows with the all-reduced statistics."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+
+    def reduce_sum(t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    rows = slice(0, 3) if rank == 0 else slice(3, 6)
+    for shift_mean in (True, False):
+        torch.save(masked_whiten(x[rows], mask[rows], shift_mean, reduce_sum=reduce_sum), f"{out}.{rank}.{shift_mean}")
+    dist.destroy_process_group()
+
+
+def test_whiten_over_two_processes_equals_one_process_over_all_rows(tmp_path):
+    """Data-parallel whitening: 2 processes × 3 rows with all-reduced statistics = 1 process × 6
+    rows. The halves have different means and spreads, so per-process statistics would differ."""
+    import torch.multiprocessing as mp
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    x[3:] = 4.0 * x[3:] + 3.0
+    mask = torch.rand(6, 5, generator=gen) > 0.3
+    mask[:, 0] = True
+    x = torch.where(mask, x, torch.tensor(float("nan"), dtype=torch.float64))  # garbage must not leak
+    out = str(tmp_path / "shard")
+    # fork: the worker is a function of this test module, which a spawned child could not import.
+    mp.start_processes(_whiten_shard, args=(str(tmp_path / "init"), x, mask, out), nprocs=2, join=True,
+                       start_method="fork")
+    for shift_mean in (True, False):
+        two = torch.cat([torch.load(f"{out}.{rank}.{shift_mean}") for rank in (0, 1)])
+        torch.testing.assert_close(two, masked_whiten(x, mask, shift_mean), rtol=1e-12, atol=1e-12)
+        local = masked_whiten(x[:3], mask[:3], shift_mean)
+        assert not torch.allclose(two[:3], local, rtol=1e-3)

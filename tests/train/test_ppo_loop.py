@@ -158,3 +158,93 @@ def test_prompt_files_in_hh_layout_with_skip_and_held_out_eval(sft_model, tmp_pa
     assert derived["skipped"] == {"train_no_shared_prompt": 1, "eval_no_shared_prompt": 1}
     assert summary["rm_reward_sft"] is not None and summary["rm_reward_final"] is not None
     assert "gold_reward_final" not in summary
+
+
+# Runs train_ppo in each launched process, recording what each process saw: the inputs and output
+# of the advantage stage every step, and its final weights (policy and critic).
+_DRIVER = '''
+import sys
+import torch
+import rlhfkit.train.ppo as P
+from rlhfkit.config.base import load_config
+from rlhfkit.config.ppo import PPOConfig
+
+out, overrides = sys.argv[1], sys.argv[2:]
+advantages_stage, update_stage, finish = P.advantages_stage, P.update_stage, P.finish
+
+def recording_advantages(ctx, batch, ref_logprobs, values, rewards):
+    exp, metrics = advantages_stage(ctx, batch, ref_logprobs, values, rewards)
+    torch.save({"rewards": rewards, "values": values, "mask": batch.rollout.response_mask, "scores": batch.scores,
+                "advantages": exp.advantages},
+               f"{out}/adv-{ctx.state['step'] + 1}-{ctx.accelerator.process_index}.pt")
+    return exp, metrics
+
+def recording_update(ctx, exp, step):
+    stats, skipped = update_stage(ctx, exp, step)
+    torch.save(stats, f"{out}/update-{step}-{ctx.accelerator.process_index}.pt")
+    return stats, skipped
+
+def recording_finish(ctx, reason):
+    unwrap = ctx.accelerator.unwrap_model
+    torch.save({"policy": unwrap(ctx.models.policy).state_dict(), "critic": unwrap(ctx.models.critic).state_dict()},
+               f"{out}/weights-{ctx.accelerator.process_index}.pt")
+    return finish(ctx, reason)
+
+P.advantages_stage, P.update_stage, P.finish = recording_advantages, recording_update, recording_finish
+P.train_ppo(load_config(PPOConfig, None, overrides))
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_processes_stay_in_sync_with_global_metrics_and_whitening(sft_model, tmp_path):
+    """PPO (GAE, separate critic, gold reward) on 2 CPU processes (Accelerate's MULTI_CPU, gloo):
+    it runs to the end; both processes hold identical weights; the logged metrics are means over
+    both processes' rollouts (maxima: the larger of the two); advantages are whitened with global statistics, i.e. equal to one
+    process whitening all 2 × 4 rows of the step."""
+    import os
+    import subprocess
+    import sys
+
+    from rlhfkit.algos.advantages import gae
+    from rlhfkit.algos.masking import masked_whiten
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(_DRIVER)
+    out = tmp_path / "run"
+    out.mkdir()
+    overrides = [f"policy.path={sft_model}", "reward.source=gold", "run.progress=false", f"run.out_dir={out}",
+                 *QUICK, "max_steps=3", "run.save_every=10"]
+    # torchrun + ACCELERATE_USE_CPU gives Accelerate 2 gloo processes (MULTI_CPU); `accelerate launch
+    # --cpu --num_processes 2` starts a single process (its simple launcher), which would prove nothing.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(driver), str(out), *overrides]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=580,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    assert yaml.safe_load((out / "config.yaml").read_text())["derived"]["num_processes"] == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["stop_reason"] == "max_steps"
+    w0, w1 = (torch.load(out / f"weights-{rank}.pt", weights_only=True) for rank in (0, 1))
+    for net in ("policy", "critic"):
+        for name in w0[net]:
+            torch.testing.assert_close(w1[net][name], w0[net][name], rtol=0, atol=0, msg=f"{net}.{name}")
+    start = load_file(str(sft_model / "model.safetensors"))
+    assert any(not torch.equal(w0["policy"]["lm." + k], v) for k, v in start.items())  # it trained
+
+    rows = {r["step"]: r for r in read_metrics(out)}
+    assert sorted(rows) == [1, 2, 3]
+    for step, row in rows.items():
+        shards = [torch.load(out / f"adv-{step}-{rank}.pt", weights_only=True) for rank in (0, 1)]
+        assert not torch.equal(shards[0]["scores"], shards[1]["scores"])  # the processes saw different rollouts
+        both = {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
+        assert row["reward/score"] == pytest.approx(float(both["scores"].mean()), rel=1e-5)
+        assert row["response/length"] == pytest.approx(float(both["mask"].sum(1).float().mean()), rel=1e-5)
+        updates = [torch.load(out / f"update-{step}-{rank}.pt") for rank in (0, 1)]
+        assert row["ppo/ratio_max"] == pytest.approx(max(u["ppo/ratio_max"] for u in updates), rel=1e-6)
+        assert row["loss/policy"] == pytest.approx(sum(u["loss/policy"] for u in updates) / 2, rel=1e-5, abs=1e-7)
+        one_process = masked_whiten(gae(both["rewards"], both["values"], both["mask"], 1.0, 0.95)[0], both["mask"])
+        torch.testing.assert_close(both["advantages"], one_process, rtol=1e-5, atol=1e-6)
+        per_process = masked_whiten(gae(shards[0]["rewards"], shards[0]["values"], shards[0]["mask"], 1.0, 0.95)[0],
+                                    shards[0]["mask"])
+        assert not torch.allclose(shards[0]["advantages"], per_process, rtol=1e-3)
