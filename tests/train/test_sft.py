@@ -1,11 +1,13 @@
 """SFT learns the task, resumes exactly, and runs data-parallel with the same loss curve."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from rlhfkit.config.base import load_config
@@ -81,16 +83,18 @@ def test_grad_accumulation_does_not_change_the_step():
 
 
 @pytest.mark.timeout(300)
-def test_two_process_accelerate_launch_matches_one_process(tmp_path):
+def test_two_processes_match_one_process(tmp_path):
     common = TINY + ["data.n_train=128", "data.n_eval=16", "max_steps=4", "batch_size=8", "micro_batch_size=2",
                      "eval.n_sample_prompts=0", "run.log_every=1"]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no"]
+    # torchrun + ACCELERATE_USE_CPU gives Accelerate 2 gloo processes; `accelerate launch --cpu
+    # --num_processes 2` starts one process on a CPU-only machine, which would prove nothing.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     for name, procs in (("one", 1), ("two", 2)):
-        cmd = launch + ["--num_processes", str(procs), "-m", "rlhfkit.cli", "sft", *common,
-                        f"run.out_dir={tmp_path / name}"]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "-m", "rlhfkit.cli",
+               "sft", *common, f"run.out_dir={tmp_path / name}"]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=280, env=env)
         assert result.returncode == 0, result.stderr[-3000:]
+        assert yaml.safe_load((tmp_path / name / "config.yaml").read_text())["derived"]["num_processes"] == procs
     one = [r["train/loss"] for r in read_metrics(tmp_path / "one")]
     two = [r["train/loss"] for r in read_metrics(tmp_path / "two") if "train/loss" in r]
     assert len(one) == len(two) == 4
