@@ -13,3 +13,14 @@ os.environ["OMP_NUM_THREADS"] = "1"
 import torch  # noqa: E402  (after the variable, so torch's pool is created with it)
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def task():
+    """The built-in reviews task (seed 0), shared by the tests that need its text or gold reward."""
+    from rlhfkit.tasks import get_task
+
+    return get_task("reviews", seed=0)

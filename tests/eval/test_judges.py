@@ -15,16 +15,12 @@ from rlhfkit.eval.judges import (
     load_callable,
     preference_from_scores,
 )
-from rlhfkit.tasks import SimulatedAnnotator, get_task
+from rlhfkit.tasks import SimulatedAnnotator
 
 PROMPT = "write a positive short review of a hotel : the room was"
 GOOD = "clean and quiet . the staff were friendly and the breakfast was great ."
 BAD = "awful . the bed was dirty and the food was terrible ."
 
-
-@pytest.fixture(scope="module")
-def task():
-    return get_task("reviews", seed=0)
 
 
 def test_preference_from_scores_hand_values():

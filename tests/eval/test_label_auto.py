@@ -13,14 +13,10 @@ from rlhfkit.data.errors import DataError
 from rlhfkit.data.io import read_records, write_records
 from rlhfkit.data.schemas import Candidate, CandidateSet, Provenance
 from rlhfkit.eval.label_auto import label_candidates
-from rlhfkit.tasks import DEFAULT_ANNOTATOR_TEMPERATURE, get_task
+from rlhfkit.tasks import DEFAULT_ANNOTATOR_TEMPERATURE
 
 K = 4
 
-
-@pytest.fixture(scope="module")
-def task():
-    return get_task("reviews", seed=0)
 
 
 def make_sets(task, n: int, k: int = K) -> list[CandidateSet]:

@@ -13,17 +13,12 @@ from rlhfkit.config.rm import RMModelConfig
 from rlhfkit.models.reward import (RMInput, RewardModel, build_reward_model, collate_shared_prompt,
                                    load_reward_model)
 from rlhfkit.models.tiny import build_tiny_causal_lm, tiny_model_config
-from rlhfkit.tasks import get_task
 
 TINY = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, vocab_size=200, tokenizer_lines=300,
                        max_positions=128)
 CHOSEN = (1, 0, 3, 1)
 """Index of the chosen response in each test group: not always the first, so segment offsets matter."""
 
-
-@pytest.fixture(scope="module")
-def task():
-    return get_task("reviews", seed=0)
 
 
 @pytest.fixture(scope="module")

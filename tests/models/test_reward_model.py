@@ -12,15 +12,10 @@ from rlhfkit.config.common import LoraConfig, TinyModelConfig
 from rlhfkit.config.rm import RMModelConfig
 from rlhfkit.models.reward import (RewardEnsemble, RewardModel, build_reward_model, last_token_index,
                                    load_reward_model, resolve_input_format)
-from rlhfkit.tasks import get_task
 
 TINY = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, vocab_size=200, tokenizer_lines=300,
                        max_positions=128)
 
-
-@pytest.fixture(scope="module")
-def task():
-    return get_task("reviews", seed=0)
 
 
 @pytest.fixture(scope="module")

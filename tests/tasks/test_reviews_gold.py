@@ -15,10 +15,6 @@ HOTEL = "write a positive short review of a hotel : the room was"
 GOOD = "very lovely . the bed was comfortable and spotless ."
 
 
-@pytest.fixture(scope="module")
-def task():
-    return get_task("reviews", seed=0)
-
 
 def parts(task, prompt, response, finished=True):
     return task.gold_components(prompt, response, finished)

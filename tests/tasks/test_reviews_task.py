@@ -11,10 +11,6 @@ from rlhfkit.tasks import lexicon
 from rlhfkit.tasks.reviews import MAX_RESPONSE_WORDS, format_prompt, parse_prompt, tokenize
 
 
-@pytest.fixture(scope="module")
-def task():
-    return get_task("reviews", seed=0)
-
 
 def test_registry_and_cheap_construction():
     assert TASKS["reviews"] is ReviewsTask

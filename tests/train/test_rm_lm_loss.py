@@ -17,7 +17,6 @@ from rlhfkit.config.common import RunConfig, TinyModelConfig
 from rlhfkit.config.rm import RMConfig, RMModelConfig
 from rlhfkit.data import PreferencePair, write_records
 from rlhfkit.models.reward import RMInput, build_reward_model
-from rlhfkit.tasks import get_task
 from rlhfkit.train import rm as R
 from rlhfkit.train import rm_data as D
 from rlhfkit.train.common import BatchPlan, make_accelerator
@@ -25,10 +24,6 @@ from rlhfkit.train.common import BatchPlan, make_accelerator
 TINY = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, vocab_size=200, tokenizer_lines=300,
                        max_positions=128)
 
-
-@pytest.fixture(scope="module")
-def task():
-    return get_task("reviews", seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -25,10 +25,6 @@ TINY = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, vocab_size=200
                        max_positions=128)
 
 
-@pytest.fixture(scope="module")
-def task():
-    return get_task("reviews", seed=0)
-
 
 @pytest.fixture(scope="module")
 def rm_dir(tmp_path_factory, task):
