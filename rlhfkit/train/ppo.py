@@ -147,23 +147,30 @@ def score_stage(ctx: PPORun, batch: Batch) -> dict[str, float]:
 @torch.no_grad()
 def reference_stage(ctx: PPORun, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Reference log-probs (B, R) and, when the estimator needs them, values (B, R), in chunks of
-    `forward_batch_size`."""
+    `forward_batch_size`. With `rollout.recompute_logprobs` the policy's forward also replaces
+    `rollout.logprobs` (the old log-probs) with its own, so training-time numerics define them."""
     ids, mask = rollout.sequences()
     n_resp = rollout.response_ids.shape[1]
-    chunk = ctx.cfg.forward_batch_size
-    ref_out, value_out = [], []
+    chunk, temperature = ctx.cfg.forward_batch_size, ctx.cfg.rollout.temperature
+    recompute = ctx.cfg.rollout.recompute_logprobs
+    ref_out, value_out, old_out = [], [], []
     models, acc = ctx.models, ctx.accelerator
     for start in range(0, ids.shape[0], chunk):
         sl = slice(start, start + chunk)
         with acc.autocast():
-            logits = scale_logits_(ctx.reference.logits(ids[sl], mask[sl], n_resp, policy=ctx.policy),
-                                   ctx.cfg.rollout.temperature)
+            logits = scale_logits_(ctx.reference.logits(ids[sl], mask[sl], n_resp, policy=ctx.policy), temperature)
             ref_out.append(logprobs_from_logits(logits, rollout.response_ids[sl]))
-            if ctx.spec.needs_values and models.critic is not None:
-                value_out.append(models.critic(ids[sl], mask[sl], n_resp))
-            elif ctx.spec.needs_values:
-                value_out.append(models.policy(ids[sl], mask[sl], n_resp).values)
+            policy_out = models.policy(ids[sl], mask[sl], n_resp) if recompute or (
+                ctx.spec.needs_values and models.critic is None) else None
+            if recompute:
+                old_out.append(logprobs_from_logits(scale_logits_(policy_out.logits, temperature),
+                                                    rollout.response_ids[sl]))
+            if ctx.spec.needs_values:
+                value_out.append(models.critic(ids[sl], mask[sl], n_resp) if models.critic is not None
+                                 else policy_out.values)
     zero = torch.zeros((), device=ids.device)
+    if recompute:
+        rollout.logprobs = torch.where(rollout.response_mask, torch.cat(old_out).float(), zero)
     ref_logprobs = torch.where(rollout.response_mask, torch.cat(ref_out), zero)
     values = torch.where(rollout.response_mask, torch.cat(value_out), zero) if value_out else None
     return ref_logprobs, values
@@ -237,7 +244,8 @@ def evaluate(ctx: PPORun) -> dict[str, float]:
                             top_k=ctx.cfg.rollout.top_k)
     batch = Batch(roll, list(ctx.eval_prompts.prompts), torch.zeros(len(ctx.eval_prompts.ids), dtype=torch.long))
     metrics = score_stage(ctx, batch)
-    kl = torch.where(roll.response_mask, roll.logprobs - _ref_only(ctx, roll), 0.0).sum(-1).mean()
+    ref_logprobs = reference_stage(ctx, roll)[0] if ctx.cfg.rollout.recompute_logprobs else _ref_only(ctx, roll)
+    kl = torch.where(roll.response_mask, roll.logprobs - ref_logprobs, 0.0).sum(-1).mean()
     out = {"rm": float(metrics["reward/rm"]), "kl_to_ref": float(kl)}
     if "reward/gold" in metrics:
         out["gold"] = float(metrics["reward/gold"])

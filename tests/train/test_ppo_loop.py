@@ -3,6 +3,8 @@ above the SFT model's at a bounded KL (GAE and RLOO), resumes exactly, and stops
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -248,3 +250,19 @@ def test_two_processes_stay_in_sync_with_global_metrics_and_whitening(sft_model,
         per_process = masked_whiten(gae(shards[0]["rewards"], shards[0]["values"], shards[0]["mask"], 1.0, 0.95)[0],
                                     shards[0]["mask"])
         assert not torch.allclose(shards[0]["advantages"], per_process, rtol=1e-3)
+
+
+def test_recomputed_old_logprobs_bring_the_bf16_first_ratio_back_to_one(sft_model, tmp_path):
+    devs = {}
+    for recompute in (False, True):
+        out = tmp_path / f"recompute-{recompute}"
+        # bf16 in a fresh process: Accelerate's precision is fixed once per process.
+        cmd = [sys.executable, "-m", "rlhfkit.cli", "ppo", f"policy.path={sft_model}", "reward.source=gold",
+               "run.progress=false", "data.n_train_prompts=64", f"run.out_dir={out}", *QUICK, "max_steps=1",
+               "data.n_eval_prompts=0", "run.precision=bf16", f"rollout.recompute_logprobs={str(recompute).lower()}"]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
+        assert result.returncode == 0, result.stderr[-3000:]
+        devs[recompute] = read_metrics(out)[-1]["ppo/first_ratio_dev"]
+    # Generation's KV-cache decoding rounds differently from the full forward in bf16; the
+    # recomputed log-probs come from the same forward as the update's.
+    assert devs[True] < 1e-5 < devs[False], devs
