@@ -47,6 +47,21 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _json_default(value: Any) -> Any:
+    """JSON for pydantic records inside logged samples (chat prompts are `Message` lists)."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _prompt_text(prompt: Any) -> str:
+    """A prompt for display: chat messages one `role: content` line each."""
+    if isinstance(prompt, (list, tuple)):
+        turns = [m.model_dump() if hasattr(m, "model_dump") else m for m in prompt]
+        return "\n".join(f"{t.get('role', '')}: {t.get('content', '')}" for t in turns if isinstance(t, dict))
+    return str(prompt)
+
+
 class RunDir:
     """Writes the files of one run directory; a no-op on non-main processes."""
 
@@ -93,9 +108,9 @@ class RunDir:
             return
         with open(self.path / "samples.jsonl", "a") as fh:
             for sample in samples:
-                fh.write(json.dumps({"step": step, **sample}) + "\n")
+                fh.write(json.dumps({"step": step, **sample}, default=_json_default) + "\n")
         if self._tb is not None:
-            text = "\n\n".join(f"**{s.get('prompt', '')}** → {s.get('response', '')}" for s in samples)
+            text = "\n\n".join(f"**{_prompt_text(s.get('prompt', ''))}** → {s.get('response', '')}" for s in samples)
             self._tb.add_text("samples", text, step)
 
     def write_summary(self, summary: dict[str, Any]) -> None:

@@ -152,7 +152,7 @@ def test_prompt_files_in_hh_layout_with_skip_and_held_out_eval(sft_model, tmp_pa
     out = tmp_path / "run"
     summary = train_ppo(_cfg(sft_model, out, *QUICK, "max_steps=1", "data.task=null", f"data.prompts_path={path}",
                              "data.prompts_skip=8", f"data.eval_prompts_path={path}", "data.n_eval_prompts=4",
-                             "data.on_error=skip", "reward.source=callable",
+                             "data.on_error=skip", "reward.source=callable", "sample_every=1",
                              f"reward.callable={__name__}:response_length_reward"))
     derived = yaml.safe_load((out / "config.yaml").read_text())["derived"]
     # 41 rows, one without a shared prompt (counted), 8 held back for evaluation → 32 training prompts.
@@ -160,6 +160,9 @@ def test_prompt_files_in_hh_layout_with_skip_and_held_out_eval(sft_model, tmp_pa
     assert derived["skipped"] == {"train_no_shared_prompt": 1, "eval_no_shared_prompt": 1}
     assert summary["rm_reward_sft"] is not None and summary["rm_reward_final"] is not None
     assert "gold_reward_final" not in summary
+    # Chat prompts (HH rows become message lists) are logged with their structure.
+    sample = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
+    assert sample["prompt"][0]["role"] == "user" and isinstance(sample["response"], str)
 
 
 # Runs train_ppo in each launched process, recording what each process saw: the inputs and output
