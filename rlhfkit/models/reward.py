@@ -174,6 +174,22 @@ def resolve_input_format(tokenizer, input_format: str) -> str:
     return input_format
 
 
+@torch.no_grad()
+def is_causal_trunk(backbone) -> bool:
+    """Whether the trunk's attention is causal, probed: two 3-token inputs that differ only in the
+    last token must give the same hidden states at the first two positions. An encoder with an
+    EOS token (RoBERTa-style, `plain` format) fails it and is never packed with a shared prompt."""
+    vocab = getattr(backbone.config, "vocab_size", None)
+    if getattr(backbone.config, "is_encoder_decoder", False) or not vocab or vocab < 4:
+        return False
+    ids = torch.tensor([[1, 2, 3], [1, 2, vocab - 1]], device=next(backbone.parameters()).device)
+    was_training = backbone.training
+    backbone.eval()
+    hidden = backbone(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state.float()
+    backbone.train(was_training)
+    return bool(torch.allclose(hidden[0, :2], hidden[1, :2], atol=1e-4, rtol=1e-4))
+
+
 def load_trunk(path: str, dtype=None):
     """The `AutoModel` trunk of a model dir, without a BERT-style pooler when the class can skip
     it (the reward reads the last token's hidden state; the pooler is unused)."""
@@ -198,6 +214,7 @@ class RewardModel(torch.nn.Module):
         self.tokenizer = tokenizer
         self.input_format = resolve_input_format(tokenizer, input_format)
         self.max_length = max_length
+        self._causal_trunk = is_causal_trunk(backbone)
         if lm_head is not None and not self.can_share_prompt:
             raise ValueError(f"{LM_LOSS_NEEDS}; {type(backbone).__name__} with input format "
                              f"{self.input_format!r} is not one (an encoder or encoder-decoder)")
@@ -260,7 +277,7 @@ class RewardModel(torch.nn.Module):
     @property
     def can_share_prompt(self) -> bool:
         """Prompt sharing needs causal attention: decoder trunks in chat/plain format, not encoders."""
-        return self.input_format != "pair" and not getattr(self.backbone.config, "is_encoder_decoder", False)
+        return self.input_format != "pair" and self._causal_trunk
 
     def collate_groups(self, groups: Sequence[Sequence[RMInput]],
                        lm_response: Sequence[int] | None = None) -> dict[str, torch.Tensor]:

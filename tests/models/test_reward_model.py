@@ -209,3 +209,16 @@ def test_truncated_prompts_fall_back_to_separate_rows(task, examples):
     assert group[0].prompt_len != group[1].prompt_len
     batch = model.collate_groups([group])
     assert batch["attention_mask"].dim() == 2 and batch["input_ids"].shape[0] == 2
+
+
+def test_an_encoder_with_an_eos_token_is_never_packed_with_a_shared_prompt(rm):
+    from transformers import RobertaConfig, RobertaModel
+
+    from rlhfkit.models.reward import is_causal_trunk
+
+    torch.manual_seed(0)
+    encoder = RobertaModel(RobertaConfig(vocab_size=rm.tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=64, pad_token_id=0))
+    assert is_causal_trunk(rm.backbone) and not is_causal_trunk(encoder)
+    roberta_rm = RewardModel(encoder, rm.tokenizer, input_format="plain")  # the tiny tokenizer has an EOS
+    assert roberta_rm.input_format == "plain" and not roberta_rm.can_share_prompt and rm.can_share_prompt
