@@ -287,10 +287,10 @@ def _arrow_column(values: list[Any]) -> tuple[Any, bool]:
 
     try:
         array = pa.array(values)
-        if not _has_empty_struct(array.type) and json.dumps(array.to_pylist()) == json.dumps(values):
-            return array, False
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        pass
+        array = None  # mixed types Arrow cannot hold in one column: JSON text below
+    if array is not None and not _has_empty_struct(array.type) and json.dumps(array.to_pylist()) == json.dumps(values):
+        return array, False
     return pa.array([json.dumps(v, ensure_ascii=False) for v in values], pa.string()), True
 
 
