@@ -199,7 +199,8 @@ def load_trunk(path: str, dtype=None):
     config = AutoConfig.from_pretrained(path)
     trunk_class = MODEL_MAPPING.get(type(config), None)
     skip_pooler = trunk_class is not None and "add_pooling_layer" in inspect.signature(trunk_class.__init__).parameters
-    return AutoModel.from_pretrained(path, dtype=dtype, **({"add_pooling_layer": False} if skip_pooler else {}))
+    return AutoModel.from_pretrained(path, config=config, dtype=dtype,
+                                     **({"add_pooling_layer": False} if skip_pooler else {}))
 
 
 class RewardModel(torch.nn.Module):

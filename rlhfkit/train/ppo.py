@@ -145,14 +145,16 @@ def score_stage(ctx: PPORun, batch: Batch) -> dict[str, float]:
 
 
 @torch.no_grad()
-def reference_stage(ctx: PPORun, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Reference log-probs (B, R) and, when the estimator needs them, values (B, R), in chunks of
-    `forward_batch_size`. With `rollout.recompute_logprobs` the policy's forward also replaces
-    `rollout.logprobs` (the old log-probs) with its own, so training-time numerics define them."""
+def reference_stage(ctx: PPORun, rollout: Rollout, with_values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Reference log-probs (B, R) and, when the estimator needs them and `with_values`, values
+    (B, R), in chunks of `forward_batch_size`. With `rollout.recompute_logprobs` the policy's
+    forward also replaces `rollout.logprobs` (the old log-probs) with its own, so training-time
+    numerics define them."""
     ids, mask = rollout.sequences()
     n_resp = rollout.response_ids.shape[1]
     chunk, temperature = ctx.cfg.forward_batch_size, ctx.cfg.rollout.temperature
     recompute = ctx.cfg.rollout.recompute_logprobs
+    values_wanted = with_values and ctx.spec.needs_values
     ref_out, value_out, old_out = [], [], []
     models, acc = ctx.models, ctx.accelerator
     for start in range(0, ids.shape[0], chunk):
@@ -161,11 +163,11 @@ def reference_stage(ctx: PPORun, rollout: Rollout) -> tuple[torch.Tensor, torch.
             logits = scale_logits_(ctx.reference.logits(ids[sl], mask[sl], n_resp, policy=ctx.policy), temperature)
             ref_out.append(logprobs_from_logits(logits, rollout.response_ids[sl]))
             policy_out = models.policy(ids[sl], mask[sl], n_resp) if recompute or (
-                ctx.spec.needs_values and models.critic is None) else None
+                values_wanted and models.critic is None) else None
             if recompute:
                 old_out.append(logprobs_from_logits(scale_logits_(policy_out.logits, temperature),
                                                     rollout.response_ids[sl]))
-            if ctx.spec.needs_values:
+            if values_wanted:
                 value_out.append(models.critic(ids[sl], mask[sl], n_resp) if models.critic is not None
                                  else policy_out.values)
     zero = torch.zeros((), device=ids.device)
@@ -244,20 +246,12 @@ def evaluate(ctx: PPORun) -> dict[str, float]:
                             top_k=ctx.cfg.rollout.top_k)
     batch = Batch(roll, list(ctx.eval_prompts.prompts), torch.zeros(len(ctx.eval_prompts.ids), dtype=torch.long))
     metrics = score_stage(ctx, batch)
-    ref_logprobs = reference_stage(ctx, roll)[0] if ctx.cfg.rollout.recompute_logprobs else _ref_only(ctx, roll)
+    ref_logprobs, _ = reference_stage(ctx, roll, with_values=False)
     kl = torch.where(roll.response_mask, roll.logprobs - ref_logprobs, 0.0).sum(-1).mean()
     out = {"rm": float(metrics["reward/rm"]), "kl_to_ref": float(kl)}
     if "reward/gold" in metrics:
         out["gold"] = float(metrics["reward/gold"])
     return out
-
-
-def _ref_only(ctx: PPORun, roll: Rollout) -> torch.Tensor:
-    ids, mask = roll.sequences()
-    with ctx.accelerator.autocast():
-        logits = ctx.reference.logits(ids, mask, roll.response_ids.shape[1], policy=ctx.policy)
-    ref = logprobs_from_logits(scale_logits_(logits, ctx.cfg.rollout.temperature), roll.response_ids)
-    return torch.where(roll.response_mask, ref, 0.0)
 
 
 # ------------------------------------------------------------------------------------ setup

@@ -27,6 +27,8 @@ from typing import Any, Iterator
 
 import yaml
 
+from rlhfkit.models.text import plain_prompt_text
+
 CHECKPOINT_PREFIX = "step-"
 TRAINER_STATE = "trainer_state.json"
 
@@ -52,14 +54,6 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "model_dump"):
         return value.model_dump()
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-def _prompt_text(prompt: Any) -> str:
-    """A prompt for display: chat messages one `role: content` line each."""
-    if isinstance(prompt, (list, tuple)):
-        turns = [m.model_dump() if hasattr(m, "model_dump") else m for m in prompt]
-        return "\n".join(f"{t.get('role', '')}: {t.get('content', '')}" for t in turns if isinstance(t, dict))
-    return str(prompt)
 
 
 class RunDir:
@@ -110,7 +104,7 @@ class RunDir:
             for sample in samples:
                 fh.write(json.dumps({"step": step, **sample}, default=_json_default) + "\n")
         if self._tb is not None:
-            text = "\n\n".join(f"**{_prompt_text(s.get('prompt', ''))}** → {s.get('response', '')}" for s in samples)
+            text = "\n\n".join(f"**{plain_prompt_text(s.get('prompt', ''))}** → {s.get('response', '')}" for s in samples)
             self._tb.add_text("samples", text, step)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
