@@ -5,8 +5,9 @@ What it does
 * Builds a pairwise project in a temp dir (SQLite): annotators × votes tasks, overlap 1, prompts
   of 12–20 words and two responses of 36–44 words each (the peer's workload), one token per
   annotator.
-* Starts `rlhfkit annotate serve` as a subprocess on 127.0.0.1 (one process: uvicorn with uvloop
-  and httptools, DB calls inline on its event loop) and waits for /healthz. Its per-token rate
+* Starts `rlhfkit annotate serve` as a subprocess on 127.0.0.1 (by default one process: uvicorn
+  with uvloop and httptools, DB calls inline on its event loop; `--workers N` for N processes)
+  and waits for /healthz. Its per-token rate
   limit is raised (`--rate-limit-per-minute`, default 1e9) rather than turned off: each simulated
   annotator votes far faster than a person (the server's default, 120 a minute, would throttle
   it), and the limiter's cost is still paid on every request, as in production.
@@ -19,9 +20,10 @@ What it does
 * Unless --skip-peer, runs /work/shared/bench/anchors/potato_bench.py (same counts) after ours
   and prints one JSON line with both sides and `ratio_vs_potato` (votes/s, ours / theirs).
 
-Cores: with --pin (default on a machine with ≥ 2 cores) the server is pinned to core 0 and this
-client to core 1, so the client's cost does not eat the server's core. The peer is run with
-its own defaults (it pins nothing).
+Cores: with one server process and --pin (default on a machine with ≥ 2 cores) the server is
+pinned to core 0 and this client to core 1, so the client's cost does not eat the server's core;
+with several server processes nothing is pinned. Server CPU counts the server's worker
+processes too. The peer is run with its own defaults (it pins nothing).
 """
 
 from __future__ import annotations
@@ -170,9 +172,25 @@ def pct(xs: list[float], p: float) -> float | None:
     return round(s[max(0, min(len(s) - 1, -(-int(p * len(s)) // 100) - 1))], 2)
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU of `pid` and its child processes (the server's workers), live ones."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_stat(int(entry.name))[1]) == pid:
+                    children.append(int(entry.name))
+            except (OSError, IndexError):
+                continue  # exited meanwhile
+    total = 0
+    for p in [pid, *children]:
+        fields = _stat(p)
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def count_stored(root: Path, stats: Stats) -> dict:
@@ -227,10 +245,10 @@ def run_ours(args: argparse.Namespace) -> dict:
     log(f"project built in {time.perf_counter() - t0:.1f}s; starting server")
     port = free_port()
     cmd = [sys.executable, "-c", "from rlhfkit.label.cli import app; app()", "serve",
-           "--dir", str(root), "--port", str(port),
+           "--dir", str(root), "--port", str(port), "--workers", str(args.workers),
            "--rate-limit-per-minute", str(args.rate_limit_per_minute)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    pinned = args.pin and (os.cpu_count() or 1) >= 2
+    pinned = args.pin and args.workers == 1 and (os.cpu_count() or 1) >= 2
     if pinned:
         os.sched_setaffinity(proc.pid, {0})
         os.sched_setaffinity(0, {1})
@@ -263,8 +281,9 @@ def run_ours(args: argparse.Namespace) -> dict:
                    "server_cpu_s": round(cpu_srv, 2), "client_cpu_s": round(cpu_cli, 2),
                    "server_cpu_ms_per_vote": round(1000 * cpu_srv / acked, 3) if acked else None,
                    "rate_limit_per_minute": args.rate_limit_per_minute,
+                   "server_processes": args.workers,
                    "cores": "server pinned to core 0, client to core 1" if pinned
-                   else "unpinned", "store": "SQLite WAL, synchronous=NORMAL", "root": str(root)},
+                   else "unpinned: the server's processes and the client share both cores", "store": "SQLite WAL, synchronous=NORMAL", "root": str(root)},
     }
 
 
@@ -289,6 +308,8 @@ def main() -> int:
     p.add_argument("--max-seconds", type=float, default=600.0, help="cap on the load phase")
     p.add_argument("--rate-limit-per-minute", type=float, default=1e9,
                    help="server's per-token limit (0 = off; the serve default would throttle)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes (`serve --workers`); with 1, server and client get a core each")
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server/client cores")
     p.add_argument("--skip-peer", action="store_true", help="do not run Potato")
     p.add_argument("--keep", action="store_true", help="keep the temp project dir (its path is printed)")

@@ -7,14 +7,16 @@ admin token. Every response carries a strict content-security policy. Every auth
 request first takes a token from its caller's bucket (`ratelimit`): too fast gets 429 with
 `Retry-After`.
 
-Database calls are short and run inline on the event loop: with SQLite, one process and one
-writer is the fastest arrangement (no thread hops, no lock contention), and a vote's COMMIT
-happens before its acknowledgement is sent.
+Database calls are short and run inline on the event loop (no thread hops), and a vote's COMMIT
+happens before its acknowledgement is sent. Several server processes may serve one store
+(`rlhfkit annotate serve --workers N`): their writes queue on the store's writer lock
+(`store.write_transaction`) and their rate-limit buckets are shared through a file.
 """
 
 from __future__ import annotations
 
 import json
+import pathlib
 import re
 import time
 from collections.abc import Callable
@@ -33,7 +35,7 @@ from rlhfkit.label.answers import STRENGTH_LEVELS, AnswerError, SkipIn, Storable
 from rlhfkit.label.projects import (
     ConflictError, NotFoundError, ProjectError, add_annotator, is_admin_token, revoke,
 )
-from rlhfkit.label.ratelimit import RateLimit, TokenBuckets, retry_after
+from rlhfkit.label.ratelimit import RateLimit, SharedTokenBuckets, TokenBuckets, retry_after
 
 MAX_BODY_BYTES = 128 * 1024
 """Largest request body accepted; bigger ones get 413 before any parsing. Every schema-valid
@@ -268,19 +270,26 @@ def render_guidelines(markdown: str) -> str:
     return MarkdownIt("commonmark", {"html": False}).render(markdown)
 
 
+ADMIN_BUCKET = 0
+"""Rate-limit key of the admin token; annotators use their ids (≥ 1)."""
+
+
 def create_app(engine: Engine, rate_limit: RateLimit = RateLimit(),
-               clock: Callable[[], float] = time.time) -> FastAPI:
+               clock: Callable[[], float] = time.time,
+               shared_buckets: pathlib.Path | None = None) -> FastAPI:
     """The app over an already migrated store (see `store.open_store`).
 
     `rate_limit`: requests per token (`RateLimit(per_minute=0)` turns it off). `clock`: seconds
     since the epoch, for assignment leases, issue/submit times and the rate limit (tests pass a
-    fake one; the buckets ignore a clock that steps back).
+    fake one; the buckets ignore a clock that steps back). `shared_buckets`: a file holding the
+    rate-limit buckets of all the server's processes (None: kept in this process).
     """
     app = FastAPI(title="rlhfkit annotation", version="1", docs_url=None, redoc_url=None,
                   responses=ERROR_RESPONSES)
-    buckets = TokenBuckets(rate_limit, clock)
+    buckets = (TokenBuckets(rate_limit, clock) if shared_buckets is None
+               else SharedTokenBuckets(shared_buckets, rate_limit, clock))
 
-    def throttle(key: Any) -> None:
+    def throttle(key: int) -> None:
         wait = buckets.take(key)
         if wait > 0:
             after = retry_after(wait)
@@ -299,7 +308,7 @@ def create_app(engine: Engine, rate_limit: RateLimit = RateLimit(),
         who = assign.authenticate(conn, token, known)
         if who is None:
             raise HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
-        throttle(("annotator", who.id))
+        throttle(who.id)
         return who
 
     async def annotator(request: Request) -> assign.Annotator:
@@ -311,7 +320,7 @@ def create_app(engine: Engine, rate_limit: RateLimit = RateLimit(),
         with engine.connect() as conn:
             if not is_admin_token(conn, token):
                 raise HTTPException(403, "admin token required")
-        throttle(("admin",))
+        throttle(ADMIN_BUCKET)
 
     _errors(app)
     hot = _annotator_routes(app, engine, who_of, annotator, clock)
@@ -380,7 +389,7 @@ def _annotator_routes(app: FastAPI, engine: Engine,
     # it starts (nothing may await inside) but checked after auth: 401, 429, then 422.
     @app.get("/api/v1/tasks/next", **hot)
     async def next_task(request: Request) -> Response:
-        with engine.begin() as conn:
+        with store.write_transaction(engine) as conn:
             who = who_of(conn, request)
             return next_out(conn, who, clock())
 
@@ -388,7 +397,7 @@ def _annotator_routes(app: FastAPI, engine: Engine,
     async def vote(request: Request, task_id: int = _task_param()) -> Response:
         """Record a vote; the answer carries the next task so the page needs one round trip."""
         raw = await request.body()
-        with engine.begin() as conn:
+        with store.write_transaction(engine) as conn:
             who = who_of(conn, request)
             body = _parse(VoteIn, raw)
             now = clock()
@@ -397,7 +406,7 @@ def _annotator_routes(app: FastAPI, engine: Engine,
     @app.post("/api/v1/tasks/{task_id}/skip", **hot, openapi_extra=_body_doc(SkipIn))
     async def skip(request: Request, task_id: int = _task_param()) -> Response:
         raw = await request.body()
-        with engine.begin() as conn:
+        with store.write_transaction(engine) as conn:
             who = who_of(conn, request)
             body = _parse(SkipIn, raw)
             now = clock()

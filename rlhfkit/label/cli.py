@@ -61,7 +61,9 @@ def serve(directory: Path = DirOpt, db: Optional[str] = DbOpt,
           rate_limit_per_minute: float = typer.Option(
               DEFAULT_PER_MINUTE, help="Sustained API requests per minute per token (0 = no limit)."),
           rate_limit_burst: int = typer.Option(
-              DEFAULT_BURST, help="API requests a token may send at once.")) -> None:
+              DEFAULT_BURST, help="API requests a token may send at once."),
+          workers: int = typer.Option(
+              1, min=1, help="Server processes (one per core, at most, pays off under load).")) -> None:
     """Start the annotation server (FastAPI under uvicorn)."""
     from rlhfkit.label.server import run
 
@@ -75,7 +77,8 @@ def serve(directory: Path = DirOpt, db: Optional[str] = DbOpt,
         limit = RateLimit(rate_limit_per_minute, rate_limit_burst)
     except ValueError as err:
         _fail(err)
-    run(_engine(directory, db), host, port, rotate_admin_token=rotate_admin_token, rate_limit=limit)
+    run(_engine(directory, db), host, port, rotate_admin_token=rotate_admin_token, rate_limit=limit,
+        workers=workers)
 
 
 @app.command("create-project")

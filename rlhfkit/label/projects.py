@@ -103,7 +103,7 @@ def log_event(conn: Connection, actor: str, kind: str, project_id: int | None,
 
 def ensure_admin_token(engine: Engine) -> str | None:
     """Create the admin token on first start; return it (to print once) or None if one exists."""
-    with engine.begin() as conn:
+    with store.write_transaction(engine) as conn:
         if conn.execute(select(store.setting.c.value).where(
                 store.setting.c.key == ADMIN_TOKEN_KEY)).first():
             return None
@@ -116,7 +116,7 @@ def ensure_admin_token(engine: Engine) -> str | None:
 def rotate_admin_token(engine: Engine) -> str:
     """Replace the admin token (the old one stops working at once); return the new one."""
     token = secrets.token_urlsafe(32)
-    with engine.begin() as conn:
+    with store.write_transaction(engine) as conn:
         conn.execute(store.setting.delete().where(store.setting.c.key == ADMIN_TOKEN_KEY))
         conn.execute(insert(store.setting).values(key=ADMIN_TOKEN_KEY, value=hash_token(token)))
         log_event(conn, "cli", "admin_token_rotated", None, {})
@@ -146,7 +146,7 @@ def create_project(engine: Engine, name: str, kind: str, candidate_sets: Iterabl
         raise ProjectError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
     if not name.strip() or len(name) > 200:
         raise ProjectError("project name must be 1–200 characters")
-    with engine.begin() as conn:
+    with store.write_transaction(engine) as conn:
         if conn.execute(select(store.project.c.id).where(store.project.c.name == name)).first():
             raise ConflictError(f"a project named {name!r} exists already")
         pid = conn.execute(insert(store.project).values(
@@ -171,7 +171,7 @@ def load_settings(raw: dict[str, Any]) -> ProjectSettings:
 
 def add_batch(engine: Engine, project: str, candidate_sets: Iterable[CandidateSet]) -> int:
     """Add candidate sets to a live project (e.g. from a newer checkpoint); return tasks added."""
-    with engine.begin() as conn:
+    with store.write_transaction(engine) as conn:
         row = project_row(conn, project)
         batch = (conn.execute(select(func.max(store.item.c.batch)).where(
             store.item.c.project_id == row.id)).scalar() or 0) + 1
@@ -260,7 +260,7 @@ def add_annotator(engine: Engine, project: str, name: str) -> str:
     if not name.strip() or len(name) > 200:
         raise ProjectError("annotator name must be 1–200 characters")
     token = secrets.token_urlsafe(32)
-    with engine.begin() as conn:
+    with store.write_transaction(engine) as conn:
         pid = project_row(conn, project).id
         if conn.execute(select(store.annotator.c.id).where(
                 store.annotator.c.project_id == pid, store.annotator.c.name == name)).first():
@@ -275,7 +275,7 @@ def add_annotator(engine: Engine, project: str, name: str) -> str:
 
 def revoke(engine: Engine, project: str, name: str) -> None:
     """Disable an annotator's token at once; their votes are kept."""
-    with engine.begin() as conn:
+    with store.write_transaction(engine) as conn:
         pid = project_row(conn, project).id
         res = conn.execute(update(store.annotator).where(
             store.annotator.c.project_id == pid, store.annotator.c.name == name,

@@ -23,18 +23,20 @@ Tables (one row each):
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    JSON, Boolean, Column, Engine, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
-    UniqueConstraint, create_engine, event,
+    JSON, Boolean, Column, Connection, Engine, Float, ForeignKey, Index, Integer, MetaData, String, Table,
+    Text, UniqueConstraint, create_engine, event,
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -185,6 +187,66 @@ def make_engine(url: str) -> Engine:
             f"no driver for {url.split(':', 1)[0]}: install rlhfkit[postgres] ({err})") from err
 
 
+class WriterLock:
+    """One writer at a time across the server's processes (and threads) on one SQLite file.
+
+    SQLite serialises writers itself, but a writer that finds the lock taken sleeps 1, 2, 5,
+    10 … ms before each retry, longer than a whole vote takes; queueing on an advisory `flock`
+    of a file beside the database instead wakes the next writer the moment the lock is
+    released. The thread lock comes first because a `flock` belongs to an open file, not to a
+    thread.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._thread_lock:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+_writer_locks: dict[str, WriterLock | None] = {}
+
+
+def _writer_lock(engine: Engine) -> WriterLock | None:
+    """The `WriterLock` of a file-backed SQLite engine's database (None for other stores)."""
+    key = str(engine.url)
+    if key not in _writer_locks:
+        database = engine.url.database
+        file_backed = engine.dialect.name == "sqlite" and database and database != ":memory:"
+        _writer_locks[key] = WriterLock(Path(database).resolve().with_name(
+            Path(database).name + ".writer-lock")) if file_backed else None
+    return _writer_locks[key]
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that will write: committed on success, rolled back on an exception.
+
+    On SQLite it runs holding the database's `WriterLock`, so writers in several processes (the
+    server's workers, the CLI) queue without SQLite's sleep-and-retry, and no reader-turned-writer
+    ever finds its snapshot stale. The driver begins the SQLite transaction at the first write;
+    reads before it see the latest commit, and with the lock held nobody else commits meanwhile.
+    On PostgreSQL it is a plain `engine.begin()` (row locks and the `WHERE` guards of the claims
+    do the work)."""
+    lock = _writer_lock(engine)
+    if lock is None:
+        with engine.begin() as conn:
+            yield conn
+        return
+    with lock.held(), engine.begin() as conn:
+        yield conn
+
+
 def checkpoint_in_background(engine: Engine,
                              interval_s: float = WAL_CHECKPOINT_INTERVAL_S) -> Callable[[], None]:
     """SQLite: copy the WAL into the database file from a thread, never inside a request.
@@ -198,8 +260,7 @@ def checkpoint_in_background(engine: Engine,
     Returns a function that stops the thread. Pooled connections are dropped so that every
     connection from now on has the setting.
     """
-    event.listen(engine, "connect", _no_autocheckpoint)
-    engine.dispose()
+    disable_autocheckpoint(engine)
     stop = threading.Event()
 
     def run() -> None:
@@ -220,6 +281,13 @@ def checkpoint_in_background(engine: Engine,
         stop.set()
         thread.join(timeout=10)
     return halt
+
+
+def disable_autocheckpoint(engine: Engine) -> None:
+    """SQLite: the engine's connections never checkpoint the WAL themselves (see
+    `checkpoint_in_background`); pooled connections are dropped so every new one has it."""
+    event.listen(engine, "connect", _no_autocheckpoint)
+    engine.dispose()
 
 
 def _no_autocheckpoint(dbapi_conn: Any, _record: Any) -> None:

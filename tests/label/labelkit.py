@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -91,3 +95,44 @@ class LiveServer:
         self.thread.join(timeout=10)
 
 
+SERVE = [sys.executable, "-c", "from rlhfkit.label.cli import app; app()", "serve"]
+
+
+def start_server(directory, port: int, *options: str) -> subprocess.Popen:
+    """`rlhfkit annotate serve` in a subprocess, returned once /healthz answers. Without
+    `options` there is no rate limit: hammering threads are a load, not honest annotators."""
+    proc = subprocess.Popen([*SERVE, "--dir", str(directory), "--port", str(port),
+                             *(options or ("--rate-limit-per-minute", "0"))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            c.request("GET", "/healthz")
+            if c.getresponse().status == 200:
+                return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def hammer(port: int, token: str, acked: list, stop: threading.Event) -> None:
+    """Vote as fast as possible; record (task, choice) only when the server acknowledged it."""
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        c.request("GET", "/api/v1/tasks/next", headers=auth)
+        task = json.loads(c.getresponse().read())["task"]
+        while task and not stop.is_set():
+            choice = "1" if task["task_id"] % 2 else "2"
+            c.request("POST", f"/api/v1/tasks/{task['task_id']}/vote",
+                      body=json.dumps({"choice": choice}), headers=auth)
+            resp = c.getresponse()
+            body = json.loads(resp.read())
+            if resp.status != 200:
+                return
+            acked.append((task["task_id"], choice))
+            task = body["task"]
+    except (OSError, http.client.HTTPException, ValueError):
+        return  # the server was killed: whatever was not acknowledged does not count

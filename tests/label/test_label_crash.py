@@ -5,56 +5,12 @@ from __future__ import annotations
 import http.client
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 
-from labelkit import candidate_sets, free_port
+from labelkit import candidate_sets, free_port, hammer, start_server
 
 from rlhfkit.label import projects, store
-
-SERVE = [sys.executable, "-c", "from rlhfkit.label.cli import app; app()", "serve"]
-
-
-def start_server(directory, port: int) -> subprocess.Popen:
-    # No rate limit: the hammering threads are a load, not honest annotators.
-    proc = subprocess.Popen([*SERVE, "--dir", str(directory), "--port", str(port),
-                             "--rate-limit-per-minute", "0"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            c.request("GET", "/healthz")
-            if c.getresponse().status == 200:
-                return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("server did not start")
-
-
-def hammer(port: int, token: str, acked: list, stop: threading.Event) -> None:
-    """Vote as fast as possible; record (task, choice) only when the server acknowledged it."""
-    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    try:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        c.request("GET", "/api/v1/tasks/next", headers=auth)
-        task = json.loads(c.getresponse().read())["task"]
-        while task and not stop.is_set():
-            choice = "1" if task["task_id"] % 2 else "2"
-            c.request("POST", f"/api/v1/tasks/{task['task_id']}/vote",
-                      body=json.dumps({"choice": choice}), headers=auth)
-            resp = c.getresponse()
-            body = json.loads(resp.read())
-            if resp.status != 200:
-                return
-            acked.append((task["task_id"], choice))
-            task = body["task"]
-    except (OSError, http.client.HTTPException, ValueError):
-        return  # the server was killed: whatever was not acknowledged does not count
-
 
 def test_sigkill_mid_load_loses_no_acknowledged_vote(tmp_path):
     directory = tmp_path / "proj"
