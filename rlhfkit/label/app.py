@@ -15,6 +15,7 @@ happens before its acknowledgement is sent. Several server processes may serve o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pathlib
 import re
@@ -112,6 +113,12 @@ class HotRoutes:
         call = self._route(scope) if scope["type"] == "http" else None
         if call is None:
             return await self.app(scope, receive, send)
+        # Yield once before the work (which never awaits): the event loop then polls its sockets
+        # before serving, so the requests read meanwhile queue behind this one in arrival order.
+        # Without it the loop served in rounds and a request arriving just after a poll waited
+        # out one round and then its place in the next: p99 latency 2x the median (70 against
+        # 35 ms under 50 annotators), now 1.2x, same throughput.
+        await asyncio.sleep(0)
         request = Request(scope, receive, send)
         try:
             response = await call(request)

@@ -14,10 +14,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import JSON, Connection, Engine, bindparam, func, insert, select, update
 
 from rlhfkit.data.schemas import CandidateSet
 from rlhfkit.label import store
+from rlhfkit.label.prepared import Prepared
 from rlhfkit.label.answers import BWS_MIN_K, KINDS, MAX_K, gold_answer
 
 ADMIN_TOKEN_KEY = "admin_token_sha256"
@@ -91,13 +92,15 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-_INSERT_EVENT = insert(store.event_log)
+_INSERT_EVENT = Prepared(insert(store.event_log).values(
+    at=bindparam("at"), actor=bindparam("actor"), kind=bindparam("kind"),
+    project_id=bindparam("project_id"), detail=bindparam("detail", type_=JSON)))
 
 
 def log_event(conn: Connection, actor: str, kind: str, project_id: int | None,
               detail: dict[str, Any]) -> None:
     """Append one row to the audit log (the table refuses UPDATE and DELETE)."""
-    conn.execute(_INSERT_EVENT, {"at": time.time(), "actor": actor, "kind": kind,
+    _INSERT_EVENT(conn, {"at": time.time(), "actor": actor, "kind": kind,
                                  "project_id": project_id, "detail": detail})
 
 

@@ -60,6 +60,21 @@ def test_abandoned_task_goes_back_to_the_pool_and_a_late_vote_is_409_when_full(e
     assert kinds.count("expire") == 1
 
 
+def test_a_process_sweeps_a_project_at_most_once_a_second(engine, client_for):
+    from rlhfkit.label.assign import LEASE_SWEEP_INTERVAL_S
+
+    s, c, clock = lease_setup(engine, client_for)
+    t = next_of(c, s, "alice")["task"]["task_id"]
+    clock.advance(TTL * MINUTE - 0.4)
+    assert next_of(c, s, "bob")["task"] is None  # a sweep: nothing stale yet
+    clock.advance(0.8)  # alice's lease is over, but the last sweep was 0.8 s ago
+    assert next_of(c, s, "bob")["task"] is None
+    assert assignments(engine, t) == {"alice": "open"}
+    clock.advance(LEASE_SWEEP_INTERVAL_S - 0.8)
+    assert next_of(c, s, "bob")["task"]["task_id"] == t
+    assert assignments(engine, t) == {"alice": "expired", "bob": "open"}
+
+
 def test_late_vote_is_kept_while_the_task_has_room(engine, client_for):
     s, c, clock = lease_setup(engine, client_for, overlap=2, names=("alice", "bob", "carol"))
     t = next_of(c, s, "alice")["task"]["task_id"]
