@@ -140,9 +140,26 @@ class KLConfig(Section):
     """Copy the policy into the reference every N steps (not with LoRA); null = never."""
 
 
+class VLLMConfig(Section):
+    """The vLLM rollout engine (`rollout.engine=vllm`): one engine beside the policy on one GPU."""
+
+    gpu_memory_utilization: float = Field(0.3, gt=0, lt=1)
+    """Fraction of the GPU's memory vLLM takes for its copy of the weights and its KV cache; the
+    rest is left to training (policy, reference, critic, optimiser states)."""
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """Weights and activations of the engine; the sampling numerics only, since the old log-probs
+    are recomputed by the training forward."""
+    enforce_eager: bool = False
+    """Skip CUDA-graph capture: faster start and less memory, slower decoding (tiny runs, debugging)."""
+
+
 class RolloutConfig(Section):
     """Sampling of responses; log-probs everywhere are divided by `temperature`."""
 
+    engine: Literal["hf", "vllm"] = "hf"
+    """Sampler: Hugging Face `generate` on the policy itself, or vLLM (CUDA only, `pip install
+    rlhfkit[vllm]`, one process), which holds a copy of the weights synced after every update and
+    always recomputes the old log-probs."""
     max_new_tokens: int = Field(48, gt=0)
     """Response length limit; longer responses are truncated and get the missing-EOS penalty."""
     temperature: float = Field(0.7, gt=0)
@@ -156,7 +173,10 @@ class RolloutConfig(Section):
     recompute_logprobs: bool = False
     """Recompute PPO's old log-probs with one forward pass of the policy instead of taking them
     from generation: for bf16, where KV-cache decoding and the full forward round differently
-    (the first ratio then drifts from 1 by up to ~0.2 on a 30-layer model); costs a forward."""
+    (the first ratio then drifts from 1 by up to ~0.2 on a 30-layer model); costs a forward.
+    Always on with `engine=vllm`."""
+    vllm: VLLMConfig = VLLMConfig()
+    """Settings of the vLLM engine (ignored by `hf`)."""
 
 
 class PTXConfig(Section):

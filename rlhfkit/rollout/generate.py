@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from rlhfkit.algos.logprobs import logprobs_from_logits, scale_logits_
-from rlhfkit.data.collate import first_true_after, left_pad
+from rlhfkit.data.collate import first_true_after, left_pad, right_pad
 
 
 @dataclass
@@ -71,3 +71,30 @@ def generate(
         response_mask=response_mask, logprobs=logprobs.masked_fill(~response_mask, 0.0),
         finished=is_eos.any(dim=1),
     )
+
+
+def rollout_from_samples(
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    logprobs: Sequence[Sequence[float]],
+    *,
+    pad_id: int,
+    eos_id: int,
+    device: torch.device | str | None = None,
+) -> Rollout:
+    """The Rollout of samples drawn elsewhere (an external engine), in the layout `generate` gives:
+    prompts left-padded, each response cut after its first EOS and right-padded, the mask True
+    through the EOS, `finished` = the response holds an EOS. `logprobs[i][t]` belongs to
+    `responses[i][t]`; it is 0 where masked."""
+    cut = [list(r[: list(r).index(eos_id) + 1]) if eos_id in r else list(r) for r in responses]
+    if any(len(row) < len(r) for row, r in zip(logprobs, cut)):
+        raise ValueError("every response token needs its log-prob")
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id)
+    response_ids, response_mask = right_pad(cut, pad_id)
+    # The mask is right-padded, so its True entries in row-major order are each row's tokens in order.
+    kept = torch.tensor([lp for row, r in zip(logprobs, cut) for lp in row[: len(r)]], dtype=torch.float32)
+    behaviour = torch.zeros(response_mask.shape).masked_scatter_(response_mask, kept)
+    finished = torch.tensor([eos_id in r for r in cut], dtype=torch.bool)
+    return Rollout(prompt_ids=prompt_ids.to(device), prompt_mask=prompt_mask.to(device),
+                   response_ids=response_ids.to(device), response_mask=response_mask.to(device),
+                   logprobs=behaviour.to(device), finished=finished.to(device))

@@ -3,16 +3,19 @@
 `train_ppo(config)` is the Python API; `rlhfkit ppo CONFIG key=value …` calls it. One step reads
 as named, timed stages (STYLE rule 5), each logged as `time/<stage>`:
 
-    rollout → score → reference → rewards → advantages → update → log / checkpoint
+    rollout → score → reference → rewards → advantages → update → sync → log / checkpoint
 
-- rollout: sample G responses per prompt; the behaviour log-probs of generation (÷ temperature)
-  are PPO's old log-probs, checked by the first micro-batch's ratio (`ppo/first_ratio_dev`, c17).
+- rollout: sample G responses per prompt with the rollout engine (`rollout.engine`: HF `generate`
+  on the policy, or vLLM); the behaviour log-probs of generation (÷ temperature) are PPO's old
+  log-probs, checked by the first micro-batch's ratio (`ppo/first_ratio_dev`, c17), unless they
+  are recomputed (`rollout.recompute_logprobs`, and always for an engine without exact log-probs).
 - score: decode → text → reward source (RM(s) with their normalisation, the task's gold reward,
   or a callable); truncated responses get the missing-EOS penalty (c4); optional clipping.
 - reference: reference log-probs and, for GAE, the values (critic or value head).
 - rewards: −β·KL per token (or β·KL in the loss), the score on the last real token (c5).
 - advantages: the registry's estimator (the loop asks its spec for values / groups).
 - update: epochs × shuffled minibatches × micro-batches (`ppo_update.py`).
+- sync: an engine holding its own copy of the weights (vLLM) loads the updated policy.
 
 Stops at `max_steps`, on a reward plateau, or — with `TrainingStopped` and the last good
 checkpoint left intact — when the KL exceeds `kl.max_kl` or too many minibatches had a
@@ -39,12 +42,13 @@ from rlhfkit.config.base import config_to_dict
 from rlhfkit.config.ppo import PPOConfig
 from rlhfkit.models.loading import save_hf
 from rlhfkit.models.text import decode_response
-from rlhfkit.rollout.generate import Rollout, generate
+from rlhfkit.rollout.engines import RolloutEngine
+from rlhfkit.rollout.generate import Rollout
 from rlhfkit.train.common import (Progress, build_optimizer, build_scheduler, global_batch_indices, make_accelerator,
                                   print_effective_config)
 from rlhfkit.train.ppo_checks import Watchdog, distinct_n
-from rlhfkit.train.ppo_setup import (PromptSet, build_critic, build_policy, build_scorer, load_prompts,
-                                     load_ptx_examples, load_reward_models)
+from rlhfkit.train.ppo_setup import (PromptSet, build_critic, build_policy, build_rollout_engine, build_scorer,
+                                     load_prompts, load_ptx_examples, load_reward_models)
 from rlhfkit.train.ppo_update import (MAX_STATS, Experience, LossSettings, Models, ppo_update, pretrain_critic,
                                       ptx_loss_fn)
 from rlhfkit.train.run import (RunDir, StageTimer, latest_checkpoint, load_checkpoint, save_checkpoint,
@@ -72,6 +76,7 @@ class PPORun:
     run: RunDir
     models: Models
     reference: object
+    engine: RolloutEngine
     tokenizer: object
     task: object
     prompts: PromptSet
@@ -108,12 +113,7 @@ def rollout_stage(ctx: PPORun, step: int) -> Batch:
     mine = chosen[acc.process_index :: acc.num_processes]
     group = cfg.rollout.group_size
     ids = [ctx.prompts.ids[i] for i in mine for _ in range(group)]
-    lm = ctx.policy.lm
-    lm.eval()
-    with acc.autocast():
-        rollout = generate(lm, ids, pad_id=ctx.tokenizer.pad_token_id, eos_id=ctx.tokenizer.eos_token_id,
-                           max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-                           top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k)
+    rollout = ctx.engine.generate(ids)
     group_ids = torch.tensor(mine, device=rollout.response_ids.device).repeat_interleave(group)
     return Batch(rollout, [ctx.prompts.prompts[i] for i in mine for _ in range(group)], group_ids)
 
@@ -147,13 +147,13 @@ def score_stage(ctx: PPORun, batch: Batch) -> dict[str, float]:
 @torch.no_grad()
 def reference_stage(ctx: PPORun, rollout: Rollout, with_values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Reference log-probs (B, R) and, when the estimator needs them and `with_values`, values
-    (B, R), in chunks of `forward_batch_size`. With `rollout.recompute_logprobs` the policy's
-    forward also replaces `rollout.logprobs` (the old log-probs) with its own, so training-time
-    numerics define them."""
+    (B, R), in chunks of `forward_batch_size`. With `rollout.recompute_logprobs`, or an engine
+    whose log-probs are not the training forward's (vLLM), the policy's forward also replaces
+    `rollout.logprobs` (the old log-probs) with its own, so training-time numerics define them."""
     ids, mask = rollout.sequences()
     n_resp = rollout.response_ids.shape[1]
     chunk, temperature = ctx.cfg.forward_batch_size, ctx.cfg.rollout.temperature
-    recompute = ctx.cfg.rollout.recompute_logprobs
+    recompute = ctx.cfg.rollout.recompute_logprobs or not ctx.engine.exact_logprobs
     values_wanted = with_values and ctx.spec.needs_values
     ref_out, value_out, old_out = [], [], []
     models, acc = ctx.models, ctx.accelerator
@@ -237,13 +237,7 @@ def evaluate(ctx: PPORun) -> dict[str, float]:
     rank = ctx.accelerator.process_index
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ctx.cfg.run.seed + EVAL_SEED_OFFSET + rank * RANK_SEED_STRIDE)
-        lm = ctx.policy.lm
-        lm.eval()
-        with ctx.accelerator.autocast():
-            roll = generate(lm, ctx.eval_prompts.ids, pad_id=ctx.tokenizer.pad_token_id,
-                            eos_id=ctx.tokenizer.eos_token_id, max_new_tokens=ctx.cfg.rollout.max_new_tokens,
-                            temperature=ctx.cfg.rollout.temperature, top_p=ctx.cfg.rollout.top_p,
-                            top_k=ctx.cfg.rollout.top_k)
+        roll = ctx.engine.generate(ctx.eval_prompts.ids)
     batch = Batch(roll, list(ctx.eval_prompts.prompts), torch.zeros(len(ctx.eval_prompts.ids), dtype=torch.long))
     metrics = score_stage(ctx, batch)
     ref_logprobs, _ = reference_stage(ctx, roll, with_values=False)
@@ -284,6 +278,7 @@ def build_run(cfg: PPOConfig) -> PPORun:
     task = get_task(cfg.data.task, seed=cfg.data.task_seed) if cfg.data.task else None
     head = spec.needs_values and cfg.value.kind == "head"
     policy, reference, tokenizer = build_policy(cfg, with_value_head=head)
+    engine = build_rollout_engine(cfg, policy.lm, tokenizer, accelerator)
     skips: Counter = Counter()
     prompts = load_prompts(cfg, task, tokenizer, "train", cfg.data.n_train_prompts, skips)
     eval_prompts = load_prompts(cfg, task, tokenizer, "eval", cfg.data.n_eval_prompts, skips) \
@@ -318,7 +313,7 @@ def build_run(cfg: PPOConfig) -> PPORun:
                             cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.ptx.coef)
     ptx_examples = load_ptx_examples(cfg, task, tokenizer)
     ptx = ptx_loss_fn(ptx_examples, cfg.ptx.batch_size, tokenizer.pad_token_id, cfg.run.seed) if ptx_examples else None
-    ctx = PPORun(cfg, accelerator, run, models, reference, tokenizer, task, prompts, eval_prompts,
+    ctx = PPORun(cfg, accelerator, run, models, reference, engine, tokenizer, task, prompts, eval_prompts,
                  build_scorer(cfg.reward, task, reward_models), spec, kl_ctl, settings, ptx,
                  {"step": 0, "skipped_minibatches": 0})
     _start_or_resume(ctx)
@@ -331,6 +326,7 @@ def _start_or_resume(ctx: PPORun) -> None:
     checkpoint = latest_checkpoint(cfg.run.out_dir) if cfg.run.resume else None
     if checkpoint is not None:
         ctx.state = load_checkpoint(ctx.accelerator, checkpoint)
+        ctx.engine.sync_weights(ctx.policy.lm)  # the engine was loaded from policy.path, not the checkpoint
         ctx.kl_ctl.load_state_dict(ctx.state["kl_controller"])
         ctx.run.truncate_metrics(ctx.state["step"])
         return
@@ -379,6 +375,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
                 metrics.update(adv_metrics)
             with timer("update"):
                 update_stats, skipped = update_stage(ctx, exp, step)
+            with timer("sync"):
+                ctx.engine.sync_weights(ctx.policy.lm)
             state["skipped_minibatches"] += skipped
             check_skips(ctx, step)
             with timer("log"):

@@ -13,10 +13,11 @@ from typing import Callable, Sequence
 import torch
 
 from rlhfkit.config.ppo import PPOConfig, RewardConfig
-from rlhfkit.models.loading import apply_lora, disable_dropout, load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import apply_lora, disable_dropout, load_causal_lm, load_tokenizer, resolve_model_path
 from rlhfkit.models.policy import (Critic, PolicyWithValueHead, Reference, critic_from_pretrained,
                                    critic_from_reward_model)
 from rlhfkit.models.text import encode_prompt, encode_response
+from rlhfkit.rollout.engines import HFEngine, RolloutEngine, SamplingSettings
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,26 @@ def build_policy(cfg: PPOConfig, with_value_head: bool):
         lm = apply_lora(lm, cfg.policy.lora)
     policy = PolicyWithValueHead(lm, with_value_head)
     return policy, Reference(policy, use_adapters=use_lora), tokenizer
+
+
+def build_rollout_engine(cfg: PPOConfig, lm, tokenizer, accelerator) -> RolloutEngine:
+    """The sampler of `rollout.engine`: `generate` on the policy's LM, or a vLLM engine loaded from
+    `policy.path` on this process's GPU (one process only: see `rollout.vllm_engine`)."""
+    r = cfg.rollout
+    sampling = SamplingSettings(pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
+                                max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                                top_k=r.top_k)
+    if r.engine == "hf":
+        return HFEngine(lm, sampling, accelerator.autocast)
+    if accelerator.num_processes > 1:
+        raise ValueError(f"rollout.engine=vllm runs in one process (found {accelerator.num_processes}): launch "
+                         "without several processes, or use rollout.engine=hf")
+    from rlhfkit.rollout.vllm_engine import VLLMEngine
+
+    return VLLMEngine(resolve_model_path(cfg.policy.path), sampling,
+                      gpu_memory_utilization=r.vllm.gpu_memory_utilization, dtype=r.vllm.dtype,
+                      enforce_eager=r.vllm.enforce_eager, max_model_len=cfg.data.max_prompt_tokens + r.max_new_tokens,
+                      seed=cfg.run.seed, device=accelerator.device)
 
 
 def load_reward_models(paths: Sequence[str]):
