@@ -7,7 +7,9 @@ prints ONE JSON line:
 - `critic_fp32`: a separate critic initialised from the reward model, fp32 — the like-for-like
   configuration (TRL's value model is a separate network initialised from the RM);
 - `head_fp32`: a value head on the policy trunk (one fewer network to run and train);
-- `critic_bf16`: the like-for-like configuration under bf16 autocast.
+- `critic_bf16`: the like-for-like configuration under bf16 autocast;
+- `*_compiled`: with `compile=true attention=eager` (torch.compile'd training forward and
+  backward, eager attention: PyTorch's bf16 flash-attention backward is slow on CPU).
 
 Same model shape (make_tiny_model.py: Llama, hidden 256, 4 layers, vocab 2048), same prompts
 (prompt_texts, 16–32 tokens), 48 new tokens, rollout batch 64, 2 minibatches, 4 PPO epochs, k1 KL
@@ -31,10 +33,15 @@ import time
 from pathlib import Path
 
 ANCHORS = Path(os.environ.get("RLHFKIT_ANCHORS", Path(__file__).resolve().parents[2] / "shared/bench/anchors"))
+CRITIC = ["value.kind=critic", "value.init=rm"]
+COMPILED = ["compile=true", "attention=eager"]
 VARIANTS = {
-    "critic_fp32": ["value.kind=critic", "value.init=rm", "run.precision=fp32"],
+    "critic_fp32": [*CRITIC, "run.precision=fp32"],
+    "critic_fp32_compiled": [*CRITIC, "run.precision=fp32", *COMPILED],
     "head_fp32": ["value.kind=head", "run.precision=fp32"],
-    "critic_bf16": ["value.kind=critic", "value.init=rm", "run.precision=bf16"],
+    "critic_bf16": [*CRITIC, "run.precision=bf16"],
+    "critic_bf16_compiled": [*CRITIC, "run.precision=bf16", *COMPILED],
+    "head_bf16_compiled": ["value.kind=head", "run.precision=bf16", *COMPILED],
 }
 WORKLOAD = {"n_prompts": 256, "prompt_tokens": [16, 32], "response_length": 48, "rollout_batch": 64,
             "num_mini_batches": 2, "ppo_epochs": 4, "temperature": 0.7, "lr": 3e-6, "kl_coef": 0.05,
@@ -165,11 +172,12 @@ def main() -> None:
               "workload": {**WORKLOAD, "iterations": args.iterations, "threads": args.threads},
               "trl_1_12": trl, "ours": ours,
               "ratio_vs_trl": ours["critic_fp32"]["samples_per_s"] / trl["samples_per_s"],
-              "ratio_vs_trl_head_fp32": ours["head_fp32"]["samples_per_s"] / trl["samples_per_s"],
-              "ratio_vs_trl_critic_bf16": ours["critic_bf16"]["samples_per_s"] / trl["samples_per_s"],
+              **{f"ratio_vs_trl_{name}": ours[name]["samples_per_s"] / trl["samples_per_s"]
+                 for name in VARIANTS if name != "critic_fp32"},
               "caveats": ["ratio_vs_trl is like-for-like: separate critic initialised from the RM, fp32",
                           "our RM re-tokenises decoded text (any tokenizer pair); TRL scores the policy's ids",
                           "ours skips the LM head on prompt columns (logits_to_keep); TRL computes all columns",
+                          "*_compiled: the first iteration (excluded from the medians) carries the compilation",
                           "absolute seconds drift 10-30% on shared 2-core machines; compare ratios"]}
     sys.__stdout__.write(json.dumps(record) + "\n")
 

@@ -249,6 +249,14 @@ class PPOConfig(Section):
     """Responses per no-grad forward (reference, values) on one process."""
     ppo_epochs: int = Field(4, gt=0)
     """Passes over each rollout (lm-h-p, N+: 4; GRPO, InstructGPT: 1)."""
+    compile: bool = False
+    """torch.compile the training forward (and so backward) of the policy and the critic: fuses the
+    element-wise work around the matmuls. Measured per micro-batch fwd+bwd on CPU: −13 % fp32,
+    −50 % bf16 with `attention=eager`; the first steps pay ~10–20 s of compilation per model, and
+    each new batch shape once more. Generation and no-grad forwards stay eager."""
+    attention: Literal["sdpa", "eager"] | None = None
+    """Attention kernel of the policy, reference and critic; null = the model's own (sdpa). eager
+    trains faster in bf16 on CPU, where PyTorch's bf16 flash-attention backward is slow."""
     max_steps: int = Field(100, gt=0)
     """PPO steps (rollout + update); the LR anneals over max_steps × epochs × minibatches."""
     optim: PolicyOptimConfig = PolicyOptimConfig()

@@ -49,8 +49,8 @@ from rlhfkit.train.common import (Progress, build_optimizer, build_scheduler, gl
 from rlhfkit.train.ppo_checks import Watchdog, distinct_n
 from rlhfkit.train.ppo_setup import (PromptSet, build_critic, build_policy, build_rollout_engine, build_scorer,
                                      load_prompts, load_ptx_examples, load_reward_models)
-from rlhfkit.train.ppo_update import (MAX_STATS, Experience, LossSettings, Models, ppo_update, pretrain_critic,
-                                      ptx_loss_fn)
+from rlhfkit.train.ppo_update import (MAX_STATS, Experience, LossSettings, Models, compile_training, ppo_update,
+                                      pretrain_critic, ptx_loss_fn)
 from rlhfkit.train.run import (RunDir, StageTimer, latest_checkpoint, load_checkpoint, save_checkpoint,
                                seed_everything)
 
@@ -300,6 +300,8 @@ def build_run(cfg: PPOConfig) -> PPORun:
         c_opt = build_optimizer(critic.named_parameters(), cfg.critic_optim)
         c_sched = build_scheduler(c_opt, cfg.critic_optim, total)
         models.critic, models.critic_optimizer, models.critic_scheduler = accelerator.prepare(critic, c_opt, c_sched)
+    if cfg.compile:
+        compile_training(models)
     if reference.model is not None:
         reference.model.to(accelerator.device)
     for rm in reward_models:

@@ -62,6 +62,8 @@ def build_policy(cfg: PPOConfig, with_value_head: bool):
     if not cfg.policy.path:
         raise ValueError("policy.path must point at the SFT model (the SFT stage's RUN/model)")
     lm, tokenizer = load_causal_lm(cfg.policy.path), load_tokenizer(cfg.policy.path)
+    if cfg.attention:
+        lm.set_attn_implementation(cfg.attention)
     if cfg.policy.disable_dropout:
         disable_dropout(lm)
     use_lora = cfg.policy.lora.enabled
@@ -108,6 +110,8 @@ def build_critic(cfg: PPOConfig, reward_models) -> Critic:
     """The separate critic, initialised from the first RM or from the SFT model's trunk."""
     critic = critic_from_reward_model(reward_models[0]) if cfg.value.init == "rm" else \
         critic_from_pretrained(cfg.policy.path)
+    if cfg.attention:
+        critic.trunk.set_attn_implementation(cfg.attention)
     disable_dropout(critic.trunk)
     return critic
 

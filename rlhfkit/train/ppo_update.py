@@ -8,7 +8,7 @@ for token means, sequences for sequence means), so 1 × 8 and 8 × 1 give the sa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import torch
@@ -93,13 +93,29 @@ class Models:
     critic_scheduler: object = None
     max_grad_norm: float | None = None
     critic_max_grad_norm: float | None = None
+    compiled: dict[str, Callable] = field(default_factory=dict)
+    """torch.compile'd training forwards by model name ("policy", "critic"), see `compile_training`."""
+
+    def train_forward(self, name: str) -> Callable:
+        """The model's forward for the update: compiled when `compile_training` ran."""
+        compiled = self.compiled.get(name)
+        return getattr(self, name) if compiled is None else compiled
+
+
+def compile_training(models: Models) -> None:
+    """Compile the policy's and the critic's training forward (the modules stay as they are:
+    parameters, state dicts and the eager forward of generation and no-grad passes)."""
+    for name in ("policy", "critic"):
+        model = getattr(models, name)
+        if model is not None:
+            models.compiled[name] = torch.compile(model)
 
 
 def micro_losses(models: Models, mb: Experience, s: LossSettings, want_entropy: bool,
                  ratio_check: bool = False) -> tuple[dict, dict]:
     """Loss terms of one micro-batch (each reduced within it) and detached stats."""
     n_resp = mb.response_ids.shape[1]
-    out = models.policy(mb.ids, mb.mask, n_resp)
+    out = models.train_forward("policy")(mb.ids, mb.mask, n_resp)
     logits = scale_logits_(out.logits, s.temperature)  # ÷ T once, in place: no (B, R, V) copy
     logprobs = logprobs_from_logits(logits, mb.response_ids)
     policy_loss, pstats = clipped_policy_loss(logprobs, mb.logprobs, mb.advantages, mb.response_mask, s.clip_eps,
@@ -118,7 +134,7 @@ def micro_losses(models: Models, mb: Experience, s: LossSettings, want_entropy: 
         terms["kl"] = s.kl_loss_coef * kl_loss(logprobs, mb.ref_logprobs, mb.response_mask, s.kl_estimator,
                                                s.agg_mode, s.max_len)
     if mb.returns is not None:
-        values = out.values if models.critic is None else models.critic(mb.ids, mb.mask, n_resp)
+        values = out.values if models.critic is None else models.train_forward("critic")(mb.ids, mb.mask, n_resp)
         value_loss, vclip = clipped_value_loss(values, mb.values, mb.returns, mb.response_mask, s.value_clip_eps)
         # A shared trunk weighs the value loss against the policy loss; a separate critic has its own optimiser.
         terms["value"] = value_loss * (s.vf_coef if models.critic is None else 1.0)
