@@ -95,6 +95,20 @@ class LiveServer:
         self.thread.join(timeout=10)
 
 
+def hammer_project(tmp_path, name: str, n_tasks: int, n_annotators: int) -> tuple:
+    """(project directory, {annotator name: token}) of a pairwise SQLite project with overlap 1,
+    ready for `start_server` and `hammer`."""
+    from rlhfkit.label import store
+
+    directory = tmp_path / "proj"
+    engine = store.open_store(store.default_url(directory))
+    projects.create_project(engine, name, "pairwise", candidate_sets(n_tasks),
+                            settings=projects.ProjectSettings(overlap=1, with_strength=False))
+    tokens = {f"a{i}": projects.add_annotator(engine, name, f"a{i}") for i in range(n_annotators)}
+    engine.dispose()
+    return directory, tokens
+
+
 SERVE = [sys.executable, "-c", "from rlhfkit.label.cli import app; app()", "serve"]
 
 

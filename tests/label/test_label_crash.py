@@ -8,18 +8,11 @@ import signal
 import threading
 import time
 
-from labelkit import candidate_sets, free_port, hammer, start_server
-
-from rlhfkit.label import projects, store
+from labelkit import free_port, hammer, hammer_project, start_server
 
 def test_sigkill_mid_load_loses_no_acknowledged_vote(tmp_path):
-    directory = tmp_path / "proj"
-    engine = store.open_store(store.default_url(directory))
-    projects.create_project(engine, "crash", "pairwise", candidate_sets(3000),
-                            settings=projects.ProjectSettings(overlap=1, with_strength=False))
-    names = [f"a{i}" for i in range(4)]
-    tokens = {n: projects.add_annotator(engine, "crash", n) for n in names}
-    engine.dispose()
+    directory, tokens = hammer_project(tmp_path, "crash", 3000, 4)
+    names = list(tokens)
     port = free_port()
     proc = start_server(directory, port)
     acked = {n: [] for n in names}

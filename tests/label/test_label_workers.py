@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from labelkit import FakeClock, candidate_sets, free_port, hammer, start_server
+from labelkit import FakeClock, candidate_sets, free_port, hammer, hammer_project, start_server
 
 from rlhfkit.label import projects, store
 from rlhfkit.label.ratelimit import RateLimit, SharedTokenBuckets, take_token
@@ -92,13 +92,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def test_two_worker_processes_serve_one_store(tmp_path):
-    directory = tmp_path / "proj"
-    engine = store.open_store(store.default_url(directory))
-    projects.create_project(engine, "two", "pairwise", candidate_sets(400),
-                            settings=projects.ProjectSettings(overlap=1, with_strength=False))
-    names = [f"a{i}" for i in range(6)]
-    tokens = {n: projects.add_annotator(engine, "two", n) for n in names}
-    engine.dispose()
+    directory, tokens = hammer_project(tmp_path, "two", 400, 6)
+    names = list(tokens)
     port = free_port()
     proc = start_server(directory, port, "--workers", "2", "--rate-limit-per-minute", "0")
     acked = {n: [] for n in names}
