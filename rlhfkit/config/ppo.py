@@ -66,10 +66,11 @@ class PPODataConfig(Section):
     prompts_skip: int = Field(0, ge=0)
     """Leading records of `prompts_path` left out of training (e.g. the rows an RM held out)."""
     eval_prompts_path: str | None = None
-    """Prompt file of the held-out evaluation (its first `n_eval_prompts`); empty = the task's
-    eval split."""
+    """Prompt file of the held-out evaluation (its first `n_eval_prompts` usable prompts; from the
+    training file, only among its first `prompts_skip` rows); empty = the task's eval split."""
     n_train_prompts: int = Field(4000, gt=0)
-    """Training prompts (from the task's train split, or the first N of the file after `prompts_skip`)."""
+    """Training prompts (from the task's train split, or the first N usable ones of the file after
+    `prompts_skip`)."""
     n_eval_prompts: int = Field(64, ge=0)
     """Held-out prompts for the before/after evaluation; 0 skips it."""
     max_prompt_tokens: int = Field(64, gt=0)

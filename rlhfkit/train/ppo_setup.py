@@ -29,22 +29,29 @@ class PromptSet:
 
 
 def load_prompts(cfg: PPOConfig, task, tokenizer, split: str, n: int, skips: Counter) -> PromptSet:
-    """`n` prompts of a task split or of the split's prompt file, tokenised; prompts longer than
-    `data.max_prompt_tokens` are skipped and counted in `skips`."""
+    """`n` prompts of a task split, or the first `n` usable ones of the split's prompt file,
+    tokenised. Prompts longer than `data.max_prompt_tokens` are skipped, counted in `skips`, and
+    replaced by later rows of the file. Training reads the file after `data.prompts_skip` rows;
+    evaluation from the training file reads only those first rows, so it never sees a training
+    prompt."""
     path = cfg.data.prompts_path if split == "train" else cfg.data.eval_prompts_path
     if path:
         from rlhfkit.data import read_records
 
         records, report = read_records(path, kind="prompt", on_error=cfg.data.on_error)
         skips.update({f"{split}_{reason}": n for reason, n in report.counts.items()})
-        skip = cfg.data.prompts_skip if split == "train" else 0
-        records = records[skip:skip + n]
+        if split == "train":
+            records = records[cfg.data.prompts_skip:]
+        elif path == cfg.data.prompts_path and cfg.data.prompts_skip:
+            records = records[:cfg.data.prompts_skip]
     elif task is not None:
         records = task.prompts(split, n)
     else:
         raise ValueError("PPO needs data.task or data.prompts_path")
     prompts, ids = [], []
     for record in records:
+        if len(prompts) == n:
+            break
         tokens = encode_prompt(tokenizer, record.prompt)
         if len(tokens) > cfg.data.max_prompt_tokens:
             skips[f"{split}_prompt_too_long"] += 1

@@ -286,3 +286,27 @@ def test_compiled_training_forward_trains_like_the_eager_one(sft_model, tmp_path
     start = load_file(str(sft_model / "model.safetensors"))
     moved = max((eager_w[n] - start[n]).abs().max().item() for n in eager_w if n in start)
     assert moved > 1e-4  # the updates were real, so the comparison above means something
+
+
+def test_prompt_file_fills_n_past_too_long_rows_and_eval_stays_before_the_skip(sft_model, tmp_path):
+    from collections import Counter
+
+    from rlhfkit.models.loading import load_tokenizer
+    from rlhfkit.train.ppo_setup import load_prompts
+
+    long = " ".join(["word"] * 200)
+    texts = [long, "a short one", long, "b short", "c short", "d short", "e", "f", "g", "h", "i", "j"]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+    tokenizer = load_tokenizer(sft_model)
+
+    def load(split, n):
+        cfg = _cfg(sft_model, tmp_path / "run", f"data.prompts_path={path}", f"data.eval_prompts_path={path}",
+                   "data.prompts_skip=6", "data.max_prompt_tokens=32")
+        skips = Counter()
+        return load_prompts(cfg, None, tokenizer, split, n, skips).prompts, skips
+
+    assert load("eval", 3) == (["a short one", "b short", "c short"], {"eval_prompt_too_long": 2})
+    # Only 4 usable rows before the skip: evaluation never reads on into the training rows.
+    assert load("eval", 5) == (["a short one", "b short", "c short", "d short"], {"eval_prompt_too_long": 2})
+    assert load("train", 4) == (["e", "f", "g", "h"], {})
