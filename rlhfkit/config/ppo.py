@@ -251,8 +251,8 @@ class PPOConfig(Section):
     ppo_epochs: int = Field(4, gt=0)
     """Passes over each rollout (lm-h-p, N+: 4; GRPO, InstructGPT: 1)."""
     compile: bool = False
-    """torch.compile the training forward (and so backward) of the policy and the critic: fuses the
-    element-wise work around the matmuls. Measured per micro-batch fwd+bwd on CPU: −13 % fp32,
+    """torch.compile the PPO update's forward (and so backward) of the policy and the critic: fuses
+    the element-wise work around the matmuls (critic pre-training and the PTX term stay eager). Measured per micro-batch fwd+bwd on CPU: −13 % fp32,
     −50 % bf16 with `attention=eager`; the first steps pay ~10–20 s of compilation per model, and
     each new batch shape once more. Generation and no-grad forwards stay eager."""
     attention: Literal["sdpa", "eager"] | None = None

@@ -10,7 +10,7 @@ request first takes a token from its caller's bucket (`ratelimit`): too fast get
 Database calls are short and run inline on the event loop (no thread hops), and a vote's COMMIT
 happens before its acknowledgement is sent. Several server processes may serve one store
 (`rlhfkit annotate serve --workers N`): their writes queue on the store's writer lock
-(`store.write_transaction`) and their rate-limit buckets are shared through a file.
+(`store.writing`) and their rate-limit buckets are shared through a file.
 """
 
 from __future__ import annotations
@@ -185,7 +185,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
               "annotators (`code`: `assignment_expired`); or the name exists already"),
         (413, "Request body too large"),
         (422, "Invalid input"),
-        (429, "Too many requests for this token; `Retry-After` gives the seconds to wait"))}
+        (429, "Too many requests for this token; `Retry-After` gives the seconds to wait"),
+        (503, "The store is busy (another process held its writer lock past the busy timeout); "
+              "retry"))}
 
 
 class MessageOut(BaseModel):
@@ -351,6 +353,11 @@ def _errors(app: FastAPI) -> None:
         return JSONResponse({"detail": str(exc), "code": "assignment_expired"}, status_code=409)
 
     app.add_exception_handler(assign.AssignmentExpired, expired)
+
+    async def busy(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+    app.add_exception_handler(store.StoreBusy, busy)
     app.add_exception_handler(AnswerError, handler(422))
     app.add_exception_handler(NotFoundError, handler(404))
     app.add_exception_handler(ConflictError, handler(409))
@@ -391,33 +398,37 @@ def _annotator_routes(app: FastAPI, engine: Engine,
 
     # The per-vote endpoints take only the request (and the task id), so `HotRoutes` can call
     # them directly: auth and body parsing are done inline, with the same 401 / 422 answers,
-    # and the body schema is declared for OpenAPI by hand. One transaction (one pooled
-    # connection) per request holds auth, the write and the next task; the body is read before
-    # it starts (nothing may await inside) but checked after auth: 401, 429, then 422.
+    # and the body schema is declared for OpenAPI by hand. One pooled connection per request:
+    # auth and the rate limit read on it before the writer lock is taken (so refused requests
+    # never hold it), then one transaction holds the write and the next task. The body is read
+    # first (nothing may await inside) but checked after auth: 401, 429, then 422.
     @app.get("/api/v1/tasks/next", **hot)
     async def next_task(request: Request) -> Response:
-        with store.write_transaction(engine) as conn:
+        with engine.connect() as conn:
             who = who_of(conn, request)
-            return next_out(conn, who, clock())
+            with store.writing(conn):
+                return next_out(conn, who, clock())
 
     @app.post("/api/v1/tasks/{task_id}/vote", **hot, openapi_extra=_body_doc(VoteIn))
     async def vote(request: Request, task_id: int = _task_param()) -> Response:
         """Record a vote; the answer carries the next task so the page needs one round trip."""
         raw = await request.body()
-        with store.write_transaction(engine) as conn:
+        with engine.connect() as conn:
             who = who_of(conn, request)
             body = _parse(VoteIn, raw)
-            now = clock()
-            return next_out(conn, who, now, assign.submit_vote(conn, who, task_id, body, now))
+            with store.writing(conn):
+                now = clock()
+                return next_out(conn, who, now, assign.submit_vote(conn, who, task_id, body, now))
 
     @app.post("/api/v1/tasks/{task_id}/skip", **hot, openapi_extra=_body_doc(SkipIn))
     async def skip(request: Request, task_id: int = _task_param()) -> Response:
         raw = await request.body()
-        with store.write_transaction(engine) as conn:
+        with engine.connect() as conn:
             who = who_of(conn, request)
             body = _parse(SkipIn, raw)
-            now = clock()
-            return next_out(conn, who, now, assign.skip_task(conn, who, task_id, body, now))
+            with store.writing(conn):
+                now = clock()
+                return next_out(conn, who, now, assign.skip_task(conn, who, task_id, body, now))
 
     @app.get("/api/v1/votes")
     async def my_votes(who: assign.Annotator = Depends(annotator)) -> list[dict]:

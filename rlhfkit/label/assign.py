@@ -15,12 +15,12 @@ of a task gets rotation k). Across any K consecutive annotators of a task every 
 shown first exactly once, so position effects cancel task by task; the order is stored on the
 assignment and never changes for that annotator.
 
-Leases: before any hand-out, open assignments of the project older than
-`assignment_ttl_minutes` are marked `expired` and their overlap slots given back (the owner's
-own stale one included, so after a reload they get a fresh task). A late answer to an expired
-assignment is kept if the task still has room for it (it re-takes a slot under the same
-`WHERE is_open` guard as a claim), and refused with `AssignmentExpired` (409) when others have
-filled the task meanwhile; either way the overlap is never exceeded. Swapped-order repeats are
+Leases: before a hand-out (at most once a second per project and process), open assignments of
+the project older than `assignment_ttl_minutes` are marked `expired` and their overlap slots
+given back (the owner's own stale one included, so after a reload they get a fresh task). A late
+answer to an expired assignment is kept if the task still has room for it (it re-takes a slot
+under the same `WHERE is_open` guard as a claim), and refused with `AssignmentExpired` (409) when
+others have filled the task meanwhile; either way the overlap is never exceeded. Swapped-order repeats are
 private to their annotator, so they expire without freeing anything and a late answer is kept.
 """
 

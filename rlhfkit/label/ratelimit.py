@@ -9,8 +9,8 @@ Why not a library: `limits`' in-memory storage reads `time.time()` itself (no cl
 for tests) and expires its keys on timer threads, its shared storages are servers (Redis,
 Memcached, MongoDB), and `pyrate-limiter` runs a background leaker thread; a bucket per caller
 is a few lines and costs one dict lookup on the vote path. Several server processes share their
-buckets through a small file (`SharedTokenBuckets`), so the limit holds per token whatever
-process a request lands on.
+buckets through a small file (`SharedTokenBuckets`: a flock, a pread and a pwrite per request),
+so the limit holds per token whatever process a request lands on.
 """
 
 from __future__ import annotations

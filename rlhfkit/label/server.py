@@ -3,7 +3,7 @@
 One process serves by default. With `workers` > 1 uvicorn starts that many worker processes on
 one listening socket (each builds its own app with `worker_app`); this process migrates the
 store, prints the admin token and runs the SQLite WAL checkpoints, so none of that races
-between workers. Workers write through `store.write_transaction` (one writer at a time on
+between workers. Workers write through `store.writing` (one writer at a time on
 SQLite, queued on a file lock) and share the rate-limit buckets through a file in a private
 temporary directory.
 """
@@ -74,8 +74,11 @@ def run(engine: Engine, host: str, port: int, rotate_admin_token: bool = False,
                 "url": engine.url.render_as_string(hide_password=False),
                 "per_minute": rate_limit.per_minute, "burst": rate_limit.burst,
                 "buckets": str(Path(private) / "rate-buckets")})
-            uvicorn.run("rlhfkit.label.server:worker_app", factory=True, workers=workers, host=host,
-                        port=port, **uvicorn_options())
+            try:
+                uvicorn.run("rlhfkit.label.server:worker_app", factory=True, workers=workers, host=host,
+                            port=port, **uvicorn_options())
+            finally:
+                os.environ.pop(WORKER_SETTINGS_ENV, None)  # it holds the database URL, password included
     finally:
         if stop_checkpoints is not None:
             stop_checkpoints()

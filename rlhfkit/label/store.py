@@ -29,6 +29,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -187,34 +188,59 @@ def make_engine(url: str) -> Engine:
             f"no driver for {url.split(':', 1)[0]}: install rlhfkit[postgres] ({err})") from err
 
 
+class StoreBusy(RuntimeError):
+    """Another process held the store's writer lock for longer than the busy timeout."""
+
+
 class WriterLock:
     """One writer at a time across the server's processes (and threads) on one SQLite file.
 
     SQLite serialises writers itself, but a writer that finds the lock taken sleeps 1, 2, 5,
-    10 … ms before each retry, longer than a whole vote takes; queueing on an advisory `flock`
-    of a file beside the database instead wakes the next writer the moment the lock is
-    released. The thread lock comes first because a `flock` belongs to an open file, not to a
-    thread.
+    10 … ms before each retry, longer than a whole vote takes; waiting on an advisory `flock` of
+    a file beside the database instead retries every `POLL_S`. Like SQLite's busy timeout, a
+    wait longer than `timeout_s` (a long CLI import, a stopped process) raises `StoreBusy`
+    rather than freezing the server. The thread lock comes first because a `flock` belongs to
+    an open file, not to a thread.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    POLL_S = 0.0002
+
+    def __init__(self, path: Path, timeout_s: float = SQLITE_BUSY_TIMEOUT_MS / 1000) -> None:
+        self.path, self.timeout_s = path, timeout_s
         self._thread_lock = threading.Lock()
         self._fd: int | None = None
 
+    def _acquire(self) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StoreBusy(f"the store is busy: another process has held {self.path.name} "
+                                    f"for over {self.timeout_s:g} s") from None
+                time.sleep(self.POLL_S)
+
     @contextmanager
     def held(self) -> Iterator[None]:
-        with self._thread_lock:
+        if not self._thread_lock.acquire(timeout=self.timeout_s):
+            raise StoreBusy(f"the store is busy: a writer in this process has held it for over "
+                            f"{self.timeout_s:g} s")
+        try:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            self._acquire()
             try:
                 yield
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
 
 
 _writer_locks: dict[str, WriterLock | None] = {}
+"""One lock object (one open file) per store, for the process's life."""
 
 
 def _writer_lock(engine: Engine) -> WriterLock | None:
@@ -229,21 +255,30 @@ def _writer_lock(engine: Engine) -> WriterLock | None:
 
 
 @contextmanager
-def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """A transaction that will write: committed on success, rolled back on an exception.
+def writing(conn: Connection) -> Iterator[Connection]:
+    """Turn `conn` (from `engine.connect()`, no transaction begun yet) into a write transaction:
+    committed on success, rolled back on an exception.
 
     On SQLite it runs holding the database's `WriterLock`, so writers in several processes (the
     server's workers, the CLI) queue without SQLite's sleep-and-retry, and no reader-turned-writer
     ever finds its snapshot stale. The driver begins the SQLite transaction at the first write;
     reads before it see the latest commit, and with the lock held nobody else commits meanwhile.
-    On PostgreSQL it is a plain `engine.begin()` (row locks and the `WHERE` guards of the claims
-    do the work)."""
-    lock = _writer_lock(engine)
+    Reads made on `conn` before `writing` (authentication, say) run without the lock. On
+    PostgreSQL it is a plain transaction (row locks and the `WHERE` guards of the claims do the
+    work)."""
+    lock = _writer_lock(conn.engine)
     if lock is None:
-        with engine.begin() as conn:
+        with conn.begin():
             yield conn
         return
-    with lock.held(), engine.begin() as conn:
+    with lock.held(), conn.begin():
+        yield conn
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A connection in a write transaction (`writing`) from the start."""
+    with engine.connect() as conn, writing(conn):
         yield conn
 
 

@@ -10,6 +10,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from pathlib import Path
+
 import torch
 
 from rlhfkit.config.ppo import PPOConfig, RewardConfig
@@ -42,7 +44,11 @@ def load_prompts(cfg: PPOConfig, task, tokenizer, split: str, n: int, skips: Cou
         skips.update({f"{split}_{reason}": n for reason, n in report.counts.items()})
         if split == "train":
             records = records[cfg.data.prompts_skip:]
-        elif path == cfg.data.prompts_path and cfg.data.prompts_skip:
+        elif cfg.data.prompts_path and Path(path).resolve() == Path(cfg.data.prompts_path).resolve():
+            if not cfg.data.prompts_skip:
+                raise ValueError(f"data.eval_prompts_path is the training file {path} and data.prompts_skip is 0: "
+                                 "the held-out evaluation would use training prompts; set data.prompts_skip to "
+                                 "the rows kept for evaluation")
             records = records[:cfg.data.prompts_skip]
     elif task is not None:
         records = task.prompts(split, n)

@@ -103,8 +103,9 @@ class Models:
 
 
 def compile_training(models: Models) -> None:
-    """Compile the policy's and the critic's training forward (the modules stay as they are:
-    parameters, state dicts and the eager forward of generation and no-grad passes)."""
+    """Compile the policy's and the critic's forward for `micro_losses` (the modules stay as they
+    are: parameters, state dicts, and the eager forward of generation, no-grad passes, critic
+    pre-training and the PTX loss)."""
     for name in ("policy", "critic"):
         model = getattr(models, name)
         if model is not None:

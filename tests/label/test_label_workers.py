@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from labelkit import FakeClock, candidate_sets, free_port, hammer, hammer_project, start_server
+from labelkit import FakeClock, candidate_sets, free_port, hammer, hammer_project, make_setup, start_server
 
 from rlhfkit.label import projects, store
 from rlhfkit.label.ratelimit import RateLimit, SharedTokenBuckets, take_token
@@ -51,20 +51,47 @@ with WriterLock(Path(sys.argv[1])).held():
 """
 
 
-def test_writer_lock_queues_another_process(tmp_path):
-    from rlhfkit.label.store import WriterLock
-
-    path = tmp_path / "db.writer-lock"
+def _hold(path: Path) -> subprocess.Popen:
+    """Another process holding the writer lock at `path` for 0.8 s (returned once it holds it)."""
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path)], stdout=subprocess.PIPE,
                               text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_writer_lock_queues_another_process_and_times_out(tmp_path):
+    path = tmp_path / "db.writer-lock"
+    holder = _hold(path)
     try:
-        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(store.StoreBusy, match="held db.writer-lock for over 0.1 s"):
+            with store.WriterLock(path, timeout_s=0.1).held():
+                pass
         start = time.perf_counter()
-        with WriterLock(path).held():
+        with store.WriterLock(path).held():
             waited = time.perf_counter() - start
     finally:
         holder.wait(timeout=10)
-    assert waited > 0.5  # blocked until the other process let go (it held it 0.8 s)
+    assert 0.4 < waited < 2.0  # waited until the other process let go (it held it 0.8 s)
+
+
+def test_busy_store_answers_503_and_refused_tokens_never_wait_for_the_lock(tmp_path, client_for, monkeypatch):
+    engine = store.open_store(store.default_url(tmp_path / "proj"))
+    s = make_setup(engine)
+    c = client_for(engine)
+    lock = store._writer_lock(engine)
+    monkeypatch.setattr(lock, "timeout_s", 0.1)
+    holder = _hold(lock.path)
+    try:
+        busy = c.get("/api/v1/tasks/next", headers=s.h("alice"))
+        start = time.perf_counter()
+        refused = c.get("/api/v1/tasks/next", headers={"Authorization": "Bearer nope"})
+        refused_s = time.perf_counter() - start
+    finally:
+        holder.wait(timeout=10)
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    assert "the store is busy" in busy.json()["detail"]
+    assert refused.status_code == 401 and refused_s < 0.1  # auth runs before the writer lock
+    assert c.get("/api/v1/tasks/next", headers=s.h("alice")).status_code == 200
 
 
 def _workers_of(pid: int) -> list[int]:

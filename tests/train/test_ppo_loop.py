@@ -310,3 +310,17 @@ def test_prompt_file_fills_n_past_too_long_rows_and_eval_stays_before_the_skip(s
     # Only 4 usable rows before the skip: evaluation never reads on into the training rows.
     assert load("eval", 5) == (["a short one", "b short", "c short", "d short"], {"eval_prompt_too_long": 2})
     assert load("train", 4) == (["e", "f", "g", "h"], {})
+
+
+def test_evaluating_on_the_training_file_without_a_skip_is_refused(sft_model, tmp_path):
+    from collections import Counter
+
+    from rlhfkit.models.loading import load_tokenizer
+    from rlhfkit.train.ppo_setup import load_prompts
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in ("a", "b", "c")))
+    cfg = _cfg(sft_model, tmp_path / "run", f"data.prompts_path={path}",
+               f"data.eval_prompts_path={tmp_path}/../{tmp_path.name}/prompts.jsonl")  # same file, other spelling
+    with pytest.raises(ValueError, match="data.prompts_skip is 0"):
+        load_prompts(cfg, None, load_tokenizer(sft_model), "eval", 2, Counter())
