@@ -272,12 +272,13 @@ def test_recomputed_old_logprobs_bring_the_bf16_first_ratio_back_to_one(sft_mode
 
 
 @pytest.mark.slow
-def test_compiled_training_forward_trains_like_the_eager_one(sft_model, tmp_path):
+@pytest.mark.parametrize("lora", [False, True])
+def test_compiled_training_forward_trains_like_the_eager_one(sft_model, tmp_path, lora):
     runs = {}
     for compiled in (False, True):
         out = tmp_path / f"compile-{compiled}"
         train_ppo(_cfg(sft_model, out, *QUICK, "max_steps=2", "data.n_eval_prompts=0", "attention=eager",
-                       f"compile={str(compiled).lower()}"))
+                       f"compile={str(compiled).lower()}", f"policy.lora.enabled={str(lora).lower()}"))
         runs[compiled] = (_weights(out), read_metrics(out))
     (eager_w, eager_rows), (comp_w, comp_rows) = runs[False], runs[True]
     assert comp_rows[0]["ppo/first_ratio_dev"] < 1e-5  # compiled forward vs generation's log-probs
@@ -285,7 +286,7 @@ def test_compiled_training_forward_trains_like_the_eager_one(sft_model, tmp_path
         torch.testing.assert_close(comp_w[name], eager_w[name], rtol=0, atol=1e-5, msg=name)
     start = load_file(str(sft_model / "model.safetensors"))
     moved = max((eager_w[n] - start[n]).abs().max().item() for n in eager_w if n in start)
-    assert moved > 1e-4  # the updates were real, so the comparison above means something
+    assert moved > 2e-4  # the updates were real (≈ 5e-4), 20× the tolerance above
 
 
 def test_prompt_file_fills_n_past_too_long_rows_and_eval_stays_before_the_skip(sft_model, tmp_path):
