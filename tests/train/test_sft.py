@@ -120,3 +120,33 @@ def test_too_long_examples_raise_or_are_counted(tmp_path):
     summary = train_sft(_cfg(tmp_path / "b", "data.n_train=64", "data.n_eval=8", "data.max_seq_len=36",
                              "data.on_error=skip", "max_steps=1", "batch_size=4", "eval.n_sample_prompts=0"))
     assert summary["skipped"]["by_reason"].get("too_long", 0) > 0
+
+
+def test_response_nll_and_budgeted_held_out_loss_match_a_per_token_reference(monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlhfkit.train import sft
+    from rlhfkit.train.sft import TokenizedExample, _budget_batches, held_out_loss
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=64, vocab_size=64)).eval()
+    gen = torch.Generator().manual_seed(1)
+    examples = [TokenizedExample(torch.randint(3, 64, (p,), generator=gen).tolist(),
+                                 torch.randint(3, 64, (r,), generator=gen).tolist())
+                for p, r in [(3, 4), (7, 2), (1, 5), (4, 4), (6, 1)]]
+    # Reference: one example at a time, Σ −log softmax(logits)[next token] over response tokens.
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for e in examples:
+            ids = torch.tensor([e.prompt_ids + e.response_ids])
+            logp = model(input_ids=ids).logits[0].log_softmax(-1)
+            for t in range(len(e.prompt_ids), ids.shape[1]):
+                total -= float(logp[t - 1, ids[0, t]])
+                count += 1
+    # Lengths 7, 9, 6, 8, 7 under a budget of 24 padded tokens × 64: [7, 9] (a third row would
+    # pad to 3 × 9 = 27), then [6, 8, 7] (3 × 8 = 24).
+    monkeypatch.setattr(sft, "HELD_OUT_LOGITS_BUDGET", 24 * 64)
+    assert [len(b) for b in _budget_batches(examples, 64, 64)] == [2, 3]
+    assert [len(b) for b in _budget_batches(examples, 1, 64)] == [1] * 5
+    assert held_out_loss(model, examples, pad_id=0) == pytest.approx(total / count, rel=1e-5)
