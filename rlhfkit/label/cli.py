@@ -63,7 +63,8 @@ def serve(directory: Path = DirOpt, db: Optional[str] = DbOpt,
           rate_limit_burst: int = typer.Option(
               DEFAULT_BURST, help="API requests a token may send at once."),
           workers: int = typer.Option(
-              1, min=1, help="Server processes (one per core, at most, pays off under load).")) -> None:
+              1, min=1, help="Server processes sharing the store (pays off with PostgreSQL; on SQLite "
+                             "one process was fastest in our benchmark).")) -> None:
     """Start the annotation server (FastAPI under uvicorn)."""
     from rlhfkit.label.server import run
 
