@@ -62,7 +62,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def build_project(root: Path, n_tasks: int, n_annotators: int, seed: int) -> list[str]:
+def build_project(url: str, project: str, n_tasks: int, n_annotators: int, seed: int) -> list[str]:
     from rlhfkit.data.schemas import Candidate, CandidateSet
     from rlhfkit.label import projects, store
 
@@ -72,11 +72,11 @@ def build_project(root: Path, n_tasks: int, n_annotators: int, seed: int) -> lis
                          candidates=[Candidate(text=f"A{i} " + text(36, 44)),
                                      Candidate(text=f"B{i} " + text(36, 44))])
             for i in range(n_tasks)]
-    engine = store.open_store(store.default_url(root))
-    projects.create_project(engine, "bench", "pairwise", sets,
+    engine = store.open_store(url)
+    projects.create_project(engine, project, "pairwise", sets,
                             settings=projects.ProjectSettings(overlap=1, with_strength=False))
     projects.ensure_admin_token(engine)
-    tokens = [projects.add_annotator(engine, "bench", f"annotator-{i:03d}") for i in range(n_annotators)]
+    tokens = [projects.add_annotator(engine, project, f"annotator-{i:03d}") for i in range(n_annotators)]
     engine.dispose()
     return tokens
 
@@ -196,16 +196,22 @@ def cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def count_stored(root: Path, stats: Stats) -> dict:
-    import sqlite3
+def count_stored(url: str, project: str, stats: Stats) -> dict:
+    from sqlalchemy import func, select
 
-    db = sqlite3.connect(root / "annotation.db")
-    rows = db.execute("SELECT n.name, a.task_id, a.shown_answer FROM assignment a JOIN annotator n "
-                      "ON n.id = a.annotator_id WHERE a.status = 'voted'").fetchall()
-    per_task = db.execute("SELECT count(*) FROM assignment WHERE status='voted' GROUP BY task_id "
-                          "HAVING count(*) > 1").fetchall()
-    db.close()
-    stored = {(int(name.split("-")[1]), task): json.loads(ans)["choice"] for name, task, ans in rows}
+    from rlhfkit.label import store
+
+    a, n, t, p = store.assignment, store.annotator, store.task, store.project
+    voted = (a.c.status == "voted", p.c.name == project)
+    engine = store.make_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(select(n.c.name, a.c.task_id, a.c.shown_answer).join(n, n.c.id == a.c.annotator_id)
+                            .join(p, p.c.id == n.c.project_id).where(*voted)).all()
+        per_task = conn.execute(select(func.count()).select_from(a).join(t, t.c.id == a.c.task_id)
+                                .join(p, p.c.id == t.c.project_id).where(*voted).group_by(a.c.task_id)
+                                .having(func.count() > 1)).all()
+    engine.dispose()
+    stored = {(int(name.split("-")[1]), task): ans["choice"] for name, task, ans in rows}
     return {"persisted_votes": len(stored),
             "lost_votes": sum(stored.get(k) != v for k, v in stats.acked.items()),
             "duplicated_votes": sum(n - 1 for (n,) in per_task),
@@ -247,14 +253,19 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> No
 
 def run_ours(args: argparse.Namespace) -> dict:
     root = Path(tempfile.mkdtemp(prefix="label-bench-"))
+    from rlhfkit.label import store
+
+    url = args.db or store.default_url(root)
+    project = f"bench-{os.getpid()}-{int(time.time())}"  # a shared database may hold earlier runs
     t0 = time.perf_counter()
     # One spare task per annotator: after its last vote each annotator is handed (and holds) a
     # next task, as the page shows one.
-    tokens = build_project(root, args.annotators * (args.votes + 1), args.annotators, args.seed)
+    tokens = build_project(url, project, args.annotators * (args.votes + 1), args.annotators, args.seed)
     log(f"project built in {time.perf_counter() - t0:.1f}s; starting server")
     port = free_port()
     cmd = [sys.executable, "-c", "from rlhfkit.label.cli import app; app()", "serve",
-           "--dir", str(root), "--port", str(port), "--workers", str(args.workers),
+           *(["--db", args.db] if args.db else ["--dir", str(root)]), "--port", str(port),
+           "--workers", str(args.workers),
            "--rate-limit-per-minute", str(args.rate_limit_per_minute)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     pinned = args.pin and args.workers == 1 and (os.cpu_count() or 1) >= 2
@@ -276,7 +287,7 @@ def run_ours(args: argparse.Namespace) -> dict:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    acct = count_stored(root, stats)
+    acct = count_stored(url, project, stats)
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
     acked = len(stats.acked)
@@ -295,7 +306,8 @@ def run_ours(args: argparse.Namespace) -> dict:
                    "server_processes": args.workers,
                    "cores": "server's event loop pinned to core 0; client and the server's "
                             "WAL-checkpoint thread on core 1" if pinned
-                   else "unpinned: the server's processes and the client share both cores", "store": "SQLite WAL, synchronous=NORMAL", "root": str(root)},
+                   else "unpinned: the server's processes and the client share both cores", "store": "PostgreSQL" if args.db else "SQLite WAL, synchronous=NORMAL",
+                   "root": str(root)},
     }
 
 
@@ -320,6 +332,8 @@ def main() -> int:
     p.add_argument("--max-seconds", type=float, default=600.0, help="cap on the load phase")
     p.add_argument("--rate-limit-per-minute", type=float, default=1e9,
                    help="server's per-token limit (0 = off; the serve default would throttle)")
+    p.add_argument("--db", help="PostgreSQL URL to benchmark instead of a fresh SQLite file "
+                                "(a new project is added; nothing is deleted)")
     p.add_argument("--workers", type=int, default=1,
                    help="server processes (`serve --workers`); with 1, server and client get a core each")
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server/client cores")
