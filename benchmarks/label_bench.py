@@ -2,7 +2,8 @@
 
 What it does
 ------------
-* Builds a pairwise project in a temp dir (SQLite): annotators × votes tasks, overlap 1, prompts
+* Builds a pairwise project in a temp dir (SQLite), or as a new project in the PostgreSQL
+  database given by --db: annotators × votes tasks, overlap 1, prompts
   of 12–20 words and two responses of 36–44 words each (the peer's workload), one token per
   annotator.
 * Starts `rlhfkit annotate serve` as a subprocess on 127.0.0.1 (by default one process: uvicorn
