@@ -409,26 +409,26 @@ def _annotator_routes(app: FastAPI, engine: Engine,
             with store.writing(conn):
                 return next_out(conn, who, clock())
 
+    async def answer(request: Request, task_id: int, model: type[BaseModel],
+                     record: Callable[..., int | None]) -> Response:
+        """A vote or a skip: `record(conn, who, task_id, body, now)` stores it and returns the seq
+        to continue from; the answer carries the next task."""
+        raw = await request.body()
+        with engine.connect() as conn:
+            who = who_of(conn, request)
+            body = _parse(model, raw)
+            with store.writing(conn):
+                now = clock()
+                return next_out(conn, who, now, record(conn, who, task_id, body, now))
+
     @app.post("/api/v1/tasks/{task_id}/vote", **hot, openapi_extra=_body_doc(VoteIn))
     async def vote(request: Request, task_id: int = _task_param()) -> Response:
         """Record a vote; the answer carries the next task so the page needs one round trip."""
-        raw = await request.body()
-        with engine.connect() as conn:
-            who = who_of(conn, request)
-            body = _parse(VoteIn, raw)
-            with store.writing(conn):
-                now = clock()
-                return next_out(conn, who, now, assign.submit_vote(conn, who, task_id, body, now))
+        return await answer(request, task_id, VoteIn, assign.submit_vote)
 
     @app.post("/api/v1/tasks/{task_id}/skip", **hot, openapi_extra=_body_doc(SkipIn))
     async def skip(request: Request, task_id: int = _task_param()) -> Response:
-        raw = await request.body()
-        with engine.connect() as conn:
-            who = who_of(conn, request)
-            body = _parse(SkipIn, raw)
-            with store.writing(conn):
-                now = clock()
-                return next_out(conn, who, now, assign.skip_task(conn, who, task_id, body, now))
+        return await answer(request, task_id, SkipIn, assign.skip_task)
 
     @app.get("/api/v1/votes")
     async def my_votes(who: assign.Annotator = Depends(annotator)) -> list[dict]:
