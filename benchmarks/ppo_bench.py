@@ -91,7 +91,7 @@ def run_ours(paths: dict, variant: str, iterations: int, threads: int, out: Path
     from rlhfkit.config.base import load_config
     from rlhfkit.config.ppo import PPOConfig
     from rlhfkit.train.ppo import train_ppo
-    from rlhfkit.train.run import read_metrics
+    from rlhfkit.rundir import read_metrics
 
     w = WORKLOAD
     overrides = [

@@ -17,7 +17,7 @@ from rlhfkit.config.demo import DemoConfig
 from rlhfkit.config.eval import EvalConfig
 from rlhfkit.config.judge import JudgeLabelConfig
 from rlhfkit.config.sample import SampleConfig
-from rlhfkit.train.run import atomic_write_text
+from rlhfkit.rundir import atomic_write_text
 
 TASK = "reviews"
 

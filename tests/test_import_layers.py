@@ -23,3 +23,36 @@ def test_configs_import_without_transformers():
 
 def test_cli_help_is_light():
     _imports_cleanly("rlhfkit.cli")
+
+
+# The package's layers, lowest first: each may import only from itself and the layers before it
+# (DESIGN.md, with `tasks` below the stages that score with it and `rundir` below the stages that
+# keep a run directory). Lazy imports inside functions count too.
+LAYERS = ["algos", "data", "tasks", "config", "models", "rundir", "rollout", "train", "eval", "label"]
+
+
+def _rlhfkit_imports(path):
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rlhfkit."):
+            yield node.lineno, node.module.split(".")[1]
+        elif isinstance(node, ast.Import):
+            yield from ((node.lineno, a.name.split(".")[1]) for a in node.names if a.name.startswith("rlhfkit."))
+
+
+def test_no_layer_imports_a_later_layer():
+    from pathlib import Path
+
+    import rlhfkit
+
+    root = Path(rlhfkit.__file__).parent
+    offences = []
+    for path in root.rglob("*.py"):
+        layer = path.relative_to(root).parts[0].removesuffix(".py")
+        if layer not in LAYERS:  # cli.py and demo.py sit on top of everything
+            continue
+        for line, imported in _rlhfkit_imports(path):
+            if imported in LAYERS and LAYERS.index(imported) > LAYERS.index(layer):
+                offences.append(f"{path.relative_to(root)}:{line} imports rlhfkit.{imported}")
+    assert not offences, offences

@@ -396,7 +396,7 @@ def _context(cfg: EvalConfig) -> _Context:
 def evaluate_models(cfg: EvalConfig) -> dict:
     """Evaluate every model of `cfg` (see the module docstring); write the run directory and return
     the summary."""
-    from rlhfkit.train.run import RunDir, seed_everything
+    from rlhfkit.rundir import RunDir, seed_everything
 
     if cfg.run.num_threads:
         torch.set_num_threads(cfg.run.num_threads)

@@ -351,9 +351,8 @@ def label_candidates(cfg: JudgeLabelConfig) -> dict[str, Any]:
     """Label every candidate set with the configured judge; write the preference records and the
     run directory; return the summary."""
     from rlhfkit.data.io import read_records, write_records
+    from rlhfkit.rundir import Progress, RunDir, print_effective_config
     from rlhfkit.tasks import get_task
-    from rlhfkit.train.common import Progress, print_effective_config
-    from rlhfkit.train.run import RunDir
 
     started = time.perf_counter()
     sets, skips = read_records(cfg.candidates, kind="candidates", on_error=cfg.on_error)

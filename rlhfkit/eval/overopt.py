@@ -47,7 +47,7 @@ class OverOptPoint:
 def points_from_metrics(run_dir: str | Path, kl_key: str = "kl/ref", proxy_key: str = "reward/rm",
                         gold_key: str = "reward/gold") -> list[OverOptPoint]:
     """One point per `metrics.jsonl` row of a PPO run that logged all three keys."""
-    from rlhfkit.train.run import read_metrics
+    from rlhfkit.rundir import read_metrics
 
     rows = read_metrics(run_dir)
     points = [OverOptPoint(float(r[kl_key]), float(r[proxy_key]), float(r[gold_key]), f"step {r['step']}")

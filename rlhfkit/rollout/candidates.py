@@ -217,9 +217,8 @@ def sample_candidates(cfg: SampleConfig) -> dict:
     """Sample, de-duplicate and filter candidates for every prompt; write the candidate sets and the
     run directory; return the summary."""
     from rlhfkit.data.io import write_records
+    from rlhfkit.rundir import Progress, RunDir, print_effective_config
     from rlhfkit.tasks import get_task
-    from rlhfkit.train.common import Progress, print_effective_config
-    from rlhfkit.train.run import RunDir
 
     started = time.perf_counter()
     if cfg.run.num_threads:

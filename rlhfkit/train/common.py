@@ -1,5 +1,5 @@
 """Pieces every training loop shares: the Accelerator, the optimiser and schedule, batch plans,
-token-weighted loss scaling, and the progress bar."""
+and token-weighted loss scaling (run-directory bookkeeping lives in `rlhfkit.rundir`)."""
 
 from __future__ import annotations
 
@@ -104,45 +104,3 @@ def global_batch_indices(n: int, batch_size: int, seed: int, step: int) -> list[
         raise ValueError(f"{n} examples are fewer than one batch of {batch_size}")
     epoch, k = divmod(step, per_epoch)
     return epoch_permutation(n, seed, epoch)[k * batch_size : (k + 1) * batch_size]
-
-
-class Progress:
-    """A rich progress bar with live metric fields; silent when disabled or not the main process."""
-
-    def __init__(self, total: int, description: str, enabled: bool, completed: int = 0):
-        self._bar = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-            from rich.progress import Progress as RichProgress
-
-            self._bar = RichProgress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-            )
-            self._task = self._bar.add_task(description, total=total, completed=completed, info="")
-
-    def __enter__(self) -> "Progress":
-        if self._bar is not None:
-            self._bar.start()
-        return self
-
-    def update(self, advance: int = 1, **info: float) -> None:
-        if self._bar is not None:
-            text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
-            self._bar.update(self._task, advance=advance, info=text)
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
-def print_effective_config(title: str, config: dict, derived: dict, is_main: bool) -> None:
-    """Print the effective config and derived values at the start of a run."""
-    if not is_main:
-        return
-    import yaml
-    from rich.console import Console
-    from rich.panel import Panel
-
-    text = yaml.safe_dump(config, sort_keys=False) + "# derived\n" + yaml.safe_dump(derived, sort_keys=False)
-    Console(stderr=True).print(Panel(text.rstrip(), title=title, expand=False))

@@ -44,15 +44,14 @@ from rlhfkit.models.loading import save_hf
 from rlhfkit.models.text import decode_response
 from rlhfkit.rollout.engines import RolloutEngine
 from rlhfkit.rollout.generate import Rollout
-from rlhfkit.train.common import (Progress, build_optimizer, build_scheduler, global_batch_indices, make_accelerator,
-                                  print_effective_config)
+from rlhfkit.rundir import Progress, RunDir, StageTimer, print_effective_config, seed_everything
+from rlhfkit.train.common import build_optimizer, build_scheduler, global_batch_indices, make_accelerator
 from rlhfkit.train.ppo_checks import Watchdog, distinct_n
 from rlhfkit.train.ppo_setup import (PromptSet, build_critic, build_policy, build_rollout_engine, build_scorer,
                                      load_prompts, load_ptx_examples, load_reward_models)
 from rlhfkit.train.ppo_update import (MAX_STATS, Experience, LossSettings, Models, compile_training, ppo_update,
                                       pretrain_critic, ptx_loss_fn)
-from rlhfkit.train.run import (RunDir, StageTimer, latest_checkpoint, load_checkpoint, save_checkpoint,
-                               seed_everything)
+from rlhfkit.train.run import latest_checkpoint, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger("rlhfkit.ppo")
 

@@ -30,11 +30,11 @@ import torch
 from rlhfkit.config.base import config_to_dict
 from rlhfkit.config.rm import RMConfig
 from rlhfkit.models.reward import RewardModel, build_reward_model, load_reward_model, shares_prompt
-from rlhfkit.train.common import (BatchPlan, Progress, build_optimizer, build_scheduler, epoch_permutation,
-                                  global_batch_indices, make_accelerator, print_effective_config)
+from rlhfkit.rundir import Progress, RunDir, StageTimer, atomic_write_text, print_effective_config, seed_everything
+from rlhfkit.train.common import (BatchPlan, build_optimizer, build_scheduler, epoch_permutation, global_batch_indices,
+                                  make_accelerator)
 from rlhfkit.train.rm_data import Group, load_rm_data, sample_candidates
-from rlhfkit.train.run import (RunDir, StageTimer, atomic_write_text, latest_checkpoint, load_checkpoint,
-                               save_checkpoint, seed_everything)
+from rlhfkit.train.run import latest_checkpoint, load_checkpoint, save_checkpoint
 
 GOLD_GAP_EDGES = (0.25, 0.5, 1.0)
 """|gold_a − gold_b| bucket edges for accuracy by difficulty when labels came from the task."""

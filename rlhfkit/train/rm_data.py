@@ -14,7 +14,7 @@ import torch
 
 from rlhfkit.config.rm import RMConfig
 from rlhfkit.models.reward import RMInput, RewardModel
-from rlhfkit.train.run import RunDir
+from rlhfkit.rundir import RunDir
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,9 @@ from rlhfkit.data.lengths import check_token_lengths
 from rlhfkit.models.loading import load_or_build_policy, save_hf
 from rlhfkit.models.text import encode_prompt, encode_response
 from rlhfkit.rollout.sampling import sample_responses
-from rlhfkit.train.common import (BatchPlan, Progress, build_optimizer, build_scheduler, global_batch_indices,
-                                  make_accelerator, print_effective_config)
-from rlhfkit.train.run import RunDir, latest_checkpoint, load_checkpoint, save_checkpoint, seed_everything
+from rlhfkit.rundir import Progress, RunDir, print_effective_config, seed_everything
+from rlhfkit.train.common import BatchPlan, build_optimizer, build_scheduler, global_batch_indices, make_accelerator
+from rlhfkit.train.run import latest_checkpoint, load_checkpoint, save_checkpoint
 
 
 @dataclass(frozen=True)

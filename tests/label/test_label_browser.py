@@ -270,7 +270,7 @@ def test_browser_votes_to_export_to_trained_reward_model(tmp_path, live_server, 
 
     from rlhfkit.cli import app as cli
     from rlhfkit.data import read_records
-    from rlhfkit.train.run import read_metrics
+    from rlhfkit.rundir import read_metrics
 
     project_dir = tmp_path / "annotation"
     engine = store.open_store(store.default_url(project_dir))

@@ -30,7 +30,7 @@ from rlhfkit.rollout.generate import Rollout, generate, rollout_from_samples
 from rlhfkit.rollout.vllm_engine import VLLMEngine, merged_named_weights, samples_from_outputs, sampling_kwargs
 from rlhfkit.train.ppo import train_ppo
 from rlhfkit.train.ppo_setup import build_rollout_engine
-from rlhfkit.train.run import read_metrics
+from rlhfkit.rundir import read_metrics
 
 NS = types.SimpleNamespace
 ROLLOUT_FIELDS = ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "logprobs", "finished")

@@ -2,7 +2,8 @@
 
 import json
 
-from rlhfkit.train.run import RunDir, latest_checkpoint, read_metrics
+from rlhfkit.rundir import RunDir, read_metrics
+from rlhfkit.train.run import latest_checkpoint
 
 
 def test_metrics_summary_and_tensorboard(tmp_path):

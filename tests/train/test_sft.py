@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from rlhfkit.config.base import load_config
 from rlhfkit.config.sft import SFTConfig
-from rlhfkit.train.run import read_metrics
+from rlhfkit.rundir import read_metrics
 from rlhfkit.train.sft import train_sft
 
 TINY = ["model.tiny.hidden_size=64", "model.tiny.num_layers=2", "model.tiny.vocab_size=512",
