@@ -134,7 +134,8 @@ class KLConfig(Section):
     estimator: Literal["k1", "k2", "k3"] = "k1"
     """Per-token estimator (Schulman 2020): k1 unbiased/high variance, k3 unbiased ≥ 0, k2 biased."""
     placement: Literal["reward", "loss"] = "reward"
-    """`reward`: −β·KL per token in the reward (PPO, RLOO); `loss`: β·KL added to the loss (GRPO)."""
+    """`reward`: −β·KL per token in the reward (PPO, RLOO); `loss`: β·KL added to the loss (GRPO).
+    Either way β is the controller's value for the step (fixed, or adaptive)."""
     max_kl: float | None = None
     """Stop the run when the sequence KL to the reference exceeds this (nats); null = never."""
     ref_refresh_every: int | None = Field(None, gt=0)

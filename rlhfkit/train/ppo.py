@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -309,9 +309,9 @@ def build_run(cfg: PPOConfig) -> PPORun:
         accelerator.register_for_checkpointing(reference)
     kl_ctl = AdaptiveKLController(cfg.kl.init_coef, cfg.kl.target, cfg.kl.horizon) \
         if cfg.kl.controller == "adaptive" else FixedKLController(cfg.kl.init_coef)
-    settings = LossSettings(cfg.clip_eps, cfg.value_clip_eps, cfg.vf_coef, cfg.entropy_coef,
-                            cfg.kl.init_coef if cfg.kl.placement == "loss" else 0.0, cfg.kl.estimator, cfg.loss_agg,
-                            cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.ptx.coef)
+    # kl_loss_coef is set per step from the KL controller (update_stage).
+    settings = LossSettings(cfg.clip_eps, cfg.value_clip_eps, cfg.vf_coef, cfg.entropy_coef, 0.0, cfg.kl.estimator,
+                            cfg.loss_agg, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.ptx.coef)
     ptx_examples = load_ptx_examples(cfg, task, tokenizer)
     ptx = ptx_loss_fn(ptx_examples, cfg.ptx.batch_size, tokenizer.pad_token_id, cfg.run.seed) if ptx_examples else None
     ctx = PPORun(cfg, accelerator, run, models, reference, engine, tokenizer, task, prompts, eval_prompts,
@@ -405,12 +405,14 @@ def train_ppo(cfg: PPOConfig) -> dict:
 
 
 def update_stage(ctx: PPORun, exp: Experience, step: int) -> tuple[dict[str, float], int]:
-    """PPO epochs over the rollout; the shuffle and the PPO-ptx data are functions of the step."""
+    """PPO epochs over the rollout; the shuffle and the PPO-ptx data are functions of the step. With
+    the KL in the loss its β is the controller's current value, the `kl/coef` logged for the step."""
     cfg, n_proc = ctx.cfg, ctx.accelerator.num_processes
+    settings = replace(ctx.settings, kl_loss_coef=ctx.kl_ctl.value if cfg.kl.placement == "loss" else 0.0)
     shuffle = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)
     first_opt_step = (step - 1) * cfg.ppo_epochs * (cfg.rollout_batch_size // cfg.minibatch_size)
     return ppo_update(ctx.models, exp, cfg.minibatch_size // n_proc, cfg.microbatch_size, cfg.ppo_epochs,
-                      ctx.settings, shuffle, ctx.ptx_loss, first_opt_step)
+                      settings, shuffle, ctx.ptx_loss, first_opt_step)
 
 
 def check_kl_limit(ctx: PPORun, kl: float, step: int) -> None:

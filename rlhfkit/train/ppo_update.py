@@ -132,8 +132,9 @@ def micro_losses(models: Models, mb: Experience, s: LossSettings, want_entropy: 
         if s.entropy_coef:
             terms["entropy"] = -s.entropy_coef * entropy_bonus(entropy, mb.response_mask, s.agg_mode, s.max_len)
     if s.kl_loss_coef:
-        terms["kl"] = s.kl_loss_coef * kl_loss(logprobs, mb.ref_logprobs, mb.response_mask, s.kl_estimator,
-                                               s.agg_mode, s.max_len)
+        kl_term = kl_loss(logprobs, mb.ref_logprobs, mb.response_mask, s.kl_estimator, s.agg_mode, s.max_len)
+        terms["kl"] = s.kl_loss_coef * kl_term
+        stats["loss/kl"] = kl_term.detach()
     if mb.returns is not None:
         values = out.values if models.critic is None else models.train_forward("critic")(mb.ids, mb.mask, n_resp)
         value_loss, vclip = clipped_value_loss(values, mb.values, mb.returns, mb.response_mask, s.value_clip_eps)

@@ -95,6 +95,28 @@ def test_killed_and_resumed_run_equals_uninterrupted(sft_model, tmp_path):
         assert x["reward/score"] == y["reward/score"] and x["kl/coef"] == y["kl/coef"]
 
 
+def test_kl_in_the_loss_takes_the_adaptive_beta_of_each_step(sft_model, tmp_path, monkeypatch):
+    import rlhfkit.train.ppo as ppo_module
+
+    used = []
+    real_update = ppo_module.ppo_update
+
+    def recording_update(models, exp, minibatch_size, micro_size, epochs, settings, *args):
+        used.append(settings.kl_loss_coef)
+        return real_update(models, exp, minibatch_size, micro_size, epochs, settings, *args)
+
+    monkeypatch.setattr(ppo_module, "ppo_update", recording_update)
+    out = tmp_path / "kl-loss"
+    train_ppo(_cfg(sft_model, out, *QUICK, "advantage=grpo", "rollout.group_size=4", "kl.placement=loss",
+                   "kl.controller=adaptive", "kl.target=0.5", "kl.horizon=8", "kl.estimator=k3",
+                   "data.n_eval_prompts=0", "optim.lr=1e-3"))
+    rows = read_metrics(out)
+    assert used == pytest.approx([row["kl/coef"] for row in rows], rel=1e-6)  # logged as float32
+    assert len(set(used)) == len(used)  # β moved every step, and the loss followed it
+    assert all(row["loss/kl"] >= 0 for row in rows)  # k3 ≥ 0
+    assert all(row["reward/total"] == pytest.approx(row["reward/score"], abs=1e-6) for row in rows)  # no KL in the reward
+
+
 def test_kl_limit_stops_with_message_and_keeps_last_checkpoint(sft_model, tmp_path):
     out = tmp_path / "kl"
     with pytest.raises(TrainingStopped, match="exceeds kl.max_kl=0.02"):
