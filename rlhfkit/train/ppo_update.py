@@ -217,8 +217,13 @@ def minibatch_step(models: Models, exp: Experience, index: torch.Tensor, micro_s
 
 
 def _backward_if_finite(acc, models: Models, loss: torch.Tensor) -> bool:
-    """Backward of a finite loss; otherwise drop the minibatch's gradients and return False."""
-    if not bool(torch.isfinite(loss)):
+    """Backward of a loss finite on every process; otherwise drop the minibatch's gradients and
+    return False. The decision is global: with DDP a process skipping its backward alone would
+    leave the others waiting in the gradient all-reduce, and the processes' weights would part."""
+    finite = torch.isfinite(loss.detach()).reshape(1).float()
+    if acc.num_processes > 1:
+        finite = acc.gather(finite).min()
+    if not bool(finite):
         _skip_step(models)
         return False
     acc.backward(loss)

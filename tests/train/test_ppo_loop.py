@@ -348,3 +348,56 @@ def test_evaluating_on_the_training_file_without_a_skip_is_refused(sft_model, tm
                f"data.eval_prompts_path={tmp_path}/../{tmp_path.name}/prompts.jsonl")  # same file, other spelling
     with pytest.raises(ValueError, match="data.prompts_skip is 0"):
         load_prompts(cfg, None, load_tokenizer(sft_model), "eval", 2, Counter())
+
+
+# Rank 0's loss turns non-finite from step 2 (4 micro-batches a step per process in QUICK); rank 1's
+# stays finite. Each process records why it stopped.
+_ONE_RANK_NAN_DRIVER = '''
+import os, sys
+import rlhfkit.train.ppo as P
+import rlhfkit.train.ppo_update as U
+from rlhfkit.config.base import load_config
+from rlhfkit.config.ppo import PPOConfig
+
+out, overrides = sys.argv[1], sys.argv[2:]
+real_micro_losses, calls = U.micro_losses, [0]
+
+def flaky_micro_losses(*args, **kwargs):
+    terms, stats = real_micro_losses(*args, **kwargs)
+    calls[0] += 1
+    if os.environ["RANK"] == "0" and calls[0] > 4:
+        terms["policy"] = terms["policy"] * float("nan")
+    return terms, stats
+
+U.micro_losses = flaky_micro_losses
+try:
+    P.train_ppo(load_config(PPOConfig, None, overrides))
+except P.TrainingStopped as stopped:
+    with open(f"{out}/stopped-{os.environ['RANK']}.txt", "w") as fh:
+        fh.write(str(stopped))
+'''
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_process_is_skipped_on_all(sft_model, tmp_path):
+    """DDP on 2 CPU processes: when one process's loss is non-finite, every process skips that
+    minibatch (a lone skip would hang the gradient all-reduce or let the weights part), and the
+    run stops on the skip limit on both with the last good checkpoint intact."""
+    import os
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(_ONE_RANK_NAN_DRIVER)
+    out = tmp_path / "run"
+    out.mkdir()
+    overrides = [f"policy.path={sft_model}", "reward.source=gold", "run.progress=false", f"run.out_dir={out}",
+                 *QUICK, "data.n_eval_prompts=0", "stop.max_skipped_minibatches=3"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(driver), str(out), *overrides]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):  # both skipped step 2's 4 minibatches and stopped there
+        assert "4 minibatches had a non-finite loss" in (out / f"stopped-{rank}.txt").read_text()
+    assert latest_checkpoint(out).name == "step-00000001"
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1]
+
