@@ -87,7 +87,8 @@ class ValueConfig(Section):
     zero-initialised linear head on the policy trunk (lm-human-preferences)."""
     init: Literal["policy", "rm"] = "policy"
     """Critic initialisation: the SFT policy's trunk, or the (first) reward model with its head
-    (InstructGPT, N+). `rm` needs `reward.source=rm`."""
+    (InstructGPT, N+). `rm` needs `reward.source=rm` and an RM with the policy's tokenizer and a
+    causal trunk (the critic reads the policy's tokens; an encoder would let values see ahead)."""
     pretrain_steps: int = Field(0, ge=0)
     """Rollouts spent training only the value function before PPO starts (Secrets of RLHF I)."""
 
@@ -103,7 +104,7 @@ class RewardConfig(Section):
     """How several RMs (or heads) combine: mean, worst case, or mean − λ·std / mean − λ·var
     (uncertainty-weighted optimisation, Coste et al. 2023)."""
     ensemble_coef: float | None = Field(None, ge=0)
-    """λ of the uncertainty-weighted modes; null = the ensemble's default."""
+    """λ of the uncertainty-weighted modes (required with them; unused by mean and min)."""
     callable: str | None = None
     """`module:function` taking (prompts, responses, finished) lists and returning one score each."""
     normalized: bool = True
@@ -189,7 +190,12 @@ class PTXConfig(Section):
     batch_size: int = Field(8, gt=0)
     """SFT demonstrations per optimiser step (all micro-batches of a minibatch together)."""
     n_examples: int = Field(2000, gt=0)
-    """Demonstrations drawn from the task's SFT train split."""
+    """Demonstrations used: drawn from the task's SFT train split, or the first N of `data_path`."""
+    data_path: str | None = None
+    """SFT records (JSONL / Parquet / datasets folder, the `rlhfkit sft` format) instead of the task's
+    demonstrations; a bad or too-long record stops the run with its file and line."""
+    max_seq_len: int = Field(512, gt=8)
+    """Longest prompt+response of a `data_path` demonstration, in policy tokens."""
 
 
 class StopConfig(Section):
@@ -287,6 +293,9 @@ class PPOConfig(Section):
                              "set rollout.group_size >= 2")
         if self.reward.source == "rm" and not self.reward.rm_paths:
             raise ValueError("reward.source=rm needs reward.rm_paths")
+        if self.reward.ensemble in ("mean_minus_std", "mean_minus_var") and self.reward.ensemble_coef is None:
+            raise ValueError(f"reward.ensemble={self.reward.ensemble} needs reward.ensemble_coef (λ; Coste et al. "
+                             "found 0.5 best for mean_minus_var)")
         if self.reward.source == "callable" and not self.reward.callable:
             raise ValueError("reward.source=callable needs reward.callable='module:function'")
         if self.value.init == "rm" and self.value.kind == "critic" and self.reward.source != "rm":

@@ -102,9 +102,19 @@ def critic_from_pretrained(path: str) -> Critic:
     return Critic(trunk, zero_value_head(_hidden_size(trunk.config)))
 
 
-def critic_from_reward_model(reward_model) -> Critic:
+def critic_from_reward_model(reward_model, policy_tokenizer) -> Critic:
     """A critic that copies a reward model's trunk and its first score head (InstructGPT, N+):
-    at the start V(prefix) is the RM's raw score of the prefix."""
+    at the start V(prefix) is the RM's raw score of the prefix. The critic reads the policy's
+    tokens and a value may not see later tokens, so the RM must share the policy's vocabulary and
+    have a causal trunk (not an encoder such as MiniLM); otherwise this raises."""
+    from rlhfkit.models.reward import is_causal_trunk
+
+    if reward_model.tokenizer.get_vocab() != policy_tokenizer.get_vocab():
+        raise ValueError("value.init=rm: the reward model's tokenizer is not the policy's, and the critic reads the "
+                         "policy's token ids; use value.init=policy")
+    if not is_causal_trunk(reward_model.backbone):
+        raise ValueError("value.init=rm: the reward model's trunk is not causal (its state at a token depends on "
+                         "later tokens, so a value would see the rest of the response); use value.init=policy")
     trunk = copy.deepcopy(reward_model.backbone)
     source = reward_model.head
     head = nn.Linear(source.in_features, 1, bias=source.bias is not None)

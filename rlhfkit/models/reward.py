@@ -538,9 +538,10 @@ class RewardEnsemble:
         return sum(m.num_heads for m in self.members)
 
     def score_all(self, prompts: Sequence, responses: Sequence[str], finished: Sequence[bool] | None = None,
-                  normalized: bool = True) -> torch.Tensor:
-        """(M, B): every head of every member (members in order, heads in order)."""
-        return torch.cat([m.score_texts(prompts, responses, finished, normalized).T for m in self.members])
+                  normalized: bool = True, batch_size: int = 64) -> torch.Tensor:
+        """(M, B): every head of every member (members in order, heads in order); `batch_size`
+        responses per forward pass."""
+        return torch.cat([m.score_texts(prompts, responses, finished, normalized, batch_size).T for m in self.members])
 
     def combine(self, rewards: torch.Tensor) -> torch.Tensor:
         """(M, B) → (B,) by the ensemble's rule."""

@@ -283,7 +283,7 @@ def build_run(cfg: PPOConfig) -> PPORun:
     eval_prompts = load_prompts(cfg, task, tokenizer, "eval", cfg.data.n_eval_prompts, skips) \
         if (task is not None or cfg.data.eval_prompts_path) and cfg.data.n_eval_prompts else None
     reward_models = load_reward_models(cfg.reward.rm_paths) if cfg.reward.source == "rm" else []
-    critic = build_critic(cfg, reward_models) if spec.needs_values and not head else None
+    critic = build_critic(cfg, reward_models, tokenizer) if spec.needs_values and not head else None
     derived.update(train_prompts=len(prompts.ids), skipped=dict(skips))
     run = RunDir(cfg.run.out_dir, is_main=accelerator.is_main_process)
     run.save_config(config_to_dict(cfg), derived)
@@ -352,6 +352,11 @@ def _experience(ctx: PPORun, batch: Batch, metrics: dict) -> Experience:
 
 
 # ------------------------------------------------------------------------------------ the loop
+BAR_FIELDS = {"reward": "reward/score", "kl": "kl/ref", "beta": "kl/coef", "clipfrac": "ppo/clipfrac",
+              "entropy": "policy/entropy", "len": "response/length"}
+"""What the progress bar shows after each step (short name → metric)."""
+
+
 def train_ppo(cfg: PPOConfig) -> dict:
     """Run PPO into `cfg.run.out_dir`; return the summary (see `finish`)."""
     ctx = build_run(cfg)
@@ -393,7 +398,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
             stop = plateau_reached(ctx.cfg, state, metrics["reward/score"], step)
             if step % cfg.run.save_every == 0 or step == cfg.max_steps or stop:
                 save_checkpoint(acc, ctx.run, step, checkpoint_state(ctx), cfg.run.keep_checkpoints)
-            bar.update(1, reward=metrics["reward/score"], kl=metrics["kl/ref"])
+            bar.update(1, **{short: metrics[key] for short, key in BAR_FIELDS.items() if key in metrics})
             if stop:
                 logger.warning("stopping at step %d: the mean score has not improved by %g for %d steps",
                                step, cfg.stop.plateau_min_delta, cfg.stop.plateau_patience)

@@ -119,9 +119,9 @@ def load_reward_models(paths: Sequence[str]):
     return models
 
 
-def build_critic(cfg: PPOConfig, reward_models) -> Critic:
+def build_critic(cfg: PPOConfig, reward_models, tokenizer) -> Critic:
     """The separate critic, initialised from the first RM or from the SFT model's trunk."""
-    critic = critic_from_reward_model(reward_models[0]) if cfg.value.init == "rm" else \
+    critic = critic_from_reward_model(reward_models[0], tokenizer) if cfg.value.init == "rm" else \
         critic_from_pretrained(cfg.policy.path)
     if cfg.attention:
         critic.trunk.set_attn_implementation(cfg.attention)
@@ -141,7 +141,7 @@ def _rm_scorer(models, cfg: RewardConfig) -> ScoreFn:
     bias = torch.cat([m.norm_bias.detach().cpu() for m in models]).unsqueeze(-1)
 
     def score(prompts, responses, finished):
-        raw = ensemble.score_all(prompts, responses, finished, normalized=False)  # (M, B)
+        raw = ensemble.score_all(prompts, responses, finished, normalized=False, batch_size=cfg.batch_size)
         combined = ensemble.combine(raw * gain + bias if cfg.normalized else raw)
         return {"score": combined.float(), "raw": raw.float().mean(0)}
 
@@ -176,10 +176,20 @@ def build_scorer(cfg: RewardConfig, task, reward_models) -> ScoreFn:
 
 
 def load_ptx_examples(cfg: PPOConfig, task, tokenizer) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, response ids) of the task's SFT demonstrations for PPO-ptx; empty when off."""
-    if cfg.ptx.coef == 0:
+    """(prompt ids, response ids) of the SFT demonstrations for PPO-ptx, from `ptx.data_path` or
+    the task; empty when off."""
+    ptx = cfg.ptx
+    if ptx.coef == 0:
         return []
+    if ptx.data_path:
+        from rlhfkit.data import SkipReport, read_records
+        from rlhfkit.train.sft import tokenize_sft
+
+        records, _ = read_records(ptx.data_path, kind="sft", on_error="raise")
+        examples = tokenize_sft(records[: ptx.n_examples], tokenizer, ptx.max_seq_len, "raise", ptx.data_path,
+                                SkipReport())
+        return [(ex.prompt_ids, ex.response_ids) for ex in examples]
     if task is None:
-        raise ValueError("ptx.coef > 0 needs a built-in task for its SFT demonstrations")
+        raise ValueError("ptx.coef > 0 needs ptx.data_path or a built-in task for its SFT demonstrations")
     return [(encode_prompt(tokenizer, ex.prompt), encode_response(tokenizer, ex.response))
-            for ex in task.sft_examples(cfg.ptx.n_examples, split="train")]
+            for ex in task.sft_examples(ptx.n_examples, split="train")]

@@ -222,3 +222,32 @@ def test_an_encoder_with_an_eos_token_is_never_packed_with_a_shared_prompt(rm):
     assert is_causal_trunk(rm.backbone) and not is_causal_trunk(encoder)
     roberta_rm = RewardModel(encoder, rm.tokenizer, input_format="plain")  # the tiny tokenizer has an EOS
     assert roberta_rm.input_format == "plain" and not roberta_rm.can_share_prompt and rm.can_share_prompt
+
+
+def test_a_critic_from_the_rm_needs_the_policys_tokenizer_and_a_causal_trunk(rm, task):
+    from transformers import RobertaConfig, RobertaModel
+
+    from rlhfkit.models.policy import critic_from_reward_model
+
+    critic = critic_from_reward_model(rm, rm.tokenizer)
+    torch.testing.assert_close(critic.head.weight, rm.head.weight[:1], rtol=0, atol=0)
+    other_tiny = TinyModelConfig(**{**TINY.model_dump(), "vocab_size": 150})
+    other_vocab = build_reward_model(RMModelConfig(tiny=other_tiny), task.corpus, 0)
+    with pytest.raises(ValueError, match="tokenizer is not the policy's"):
+        critic_from_reward_model(other_vocab, rm.tokenizer)
+    torch.manual_seed(0)
+    encoder = RobertaModel(RobertaConfig(vocab_size=rm.tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=64, pad_token_id=0))
+    with pytest.raises(ValueError, match="trunk is not causal"):
+        critic_from_reward_model(RewardModel(encoder, rm.tokenizer, input_format="plain"), rm.tokenizer)
+
+
+def test_ensemble_scores_in_forward_passes_of_the_given_batch_size(rm, examples, monkeypatch):
+    prompts, responses = [e.prompt for e in examples[:5]], [e.response for e in examples[:5]]
+    ensemble = RewardEnsemble([rm, rm])
+    whole = ensemble.score_all(prompts, responses)
+    calls, forward = [], rm.forward
+    monkeypatch.setattr(rm, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    in_pairs = ensemble.score_all(prompts, responses, batch_size=2)
+    assert len(calls) == 2 * 3  # two members × ⌈5 / 2⌉ batches
+    torch.testing.assert_close(in_pairs, whole, rtol=1e-5, atol=1e-5)
