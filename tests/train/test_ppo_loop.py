@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 
 from rlhfkit.config.base import load_config
 from rlhfkit.config.ppo import PPOConfig
-from rlhfkit.config.sft import SFTConfig
 from rlhfkit.rundir import read_metrics
 from rlhfkit.train.ppo import TrainingStopped, train_ppo
 from rlhfkit.train.run import latest_checkpoint
@@ -27,21 +26,6 @@ QUICK = ["max_steps=4", "rollout_batch_size=8", "minibatch_size=4", "microbatch_
          "rollout.max_new_tokens=12", "data.n_eval_prompts=4", "data.n_train_prompts=64", "run.save_every=1"]
 
 _CALLS = {"n": 0}
-
-
-@pytest.fixture(scope="session")
-def sft_model(tmp_path_factory):
-    """A tiny SFT policy on the reviews task, trained once per test session (~40 s of CPU)."""
-    from rlhfkit.train.sft import train_sft
-
-    out = tmp_path_factory.mktemp("ppo-sft")
-    cfg = load_config(SFTConfig, None, [
-        "model.tiny.hidden_size=64", "model.tiny.num_layers=2", "model.tiny.vocab_size=512",
-        "model.tiny.tokenizer_lines=1500", "data.n_train=800", "data.n_eval=32", "epochs=2",
-        "eval.n_sample_prompts=0", "run.eval_every=1000", "run.save_every=1000", "run.progress=false",
-        f"run.out_dir={out}"])
-    train_sft(cfg)
-    return out / "model"
 
 
 def _cfg(sft_model, out, *extra):
@@ -93,28 +77,6 @@ def test_killed_and_resumed_run_equals_uninterrupted(sft_model, tmp_path):
     assert [r["step"] for r in rows_resumed] == [1, 2, 3, 4]
     for x, y in zip(rows_full, rows_resumed):
         assert x["reward/score"] == y["reward/score"] and x["kl/coef"] == y["kl/coef"]
-
-
-def test_kl_in_the_loss_takes_the_adaptive_beta_of_each_step(sft_model, tmp_path, monkeypatch):
-    import rlhfkit.train.ppo as ppo_module
-
-    used = []
-    real_update = ppo_module.ppo_update
-
-    def recording_update(models, exp, minibatch_size, micro_size, epochs, settings, *args):
-        used.append(settings.kl_loss_coef)
-        return real_update(models, exp, minibatch_size, micro_size, epochs, settings, *args)
-
-    monkeypatch.setattr(ppo_module, "ppo_update", recording_update)
-    out = tmp_path / "kl-loss"
-    train_ppo(_cfg(sft_model, out, *QUICK, "advantage=grpo", "rollout.group_size=4", "kl.placement=loss",
-                   "kl.controller=adaptive", "kl.target=0.5", "kl.horizon=8", "kl.estimator=k3",
-                   "data.n_eval_prompts=0", "optim.lr=1e-3"))
-    rows = read_metrics(out)
-    assert used == pytest.approx([row["kl/coef"] for row in rows], rel=1e-6)  # logged as float32
-    assert len(set(used)) == len(used)  # β moved every step, and the loss followed it
-    assert all(row["loss/kl"] >= 0 for row in rows)  # k3 ≥ 0
-    assert all(row["reward/total"] == pytest.approx(row["reward/score"], abs=1e-6) for row in rows)  # no KL in the reward
 
 
 def test_kl_limit_stops_with_message_and_keeps_last_checkpoint(sft_model, tmp_path):
