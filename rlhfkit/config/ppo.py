@@ -51,6 +51,10 @@ class PPORunConfig(RunConfig):
     """Log metrics every N PPO steps."""
     save_every: int = Field(10, gt=0)
     """Write a resumable checkpoint every N PPO steps (and at the end)."""
+    eval_every: int = Field(100, gt=0)
+    """Unused by PPO: it evaluates the held-out prompts before the first step and after the last."""
+    stop_after_steps: int | None = None
+    """Stop (as if killed) after this many PPO steps of this invocation; for resume testing."""
 
 
 class PPODataConfig(Section):
@@ -276,7 +280,7 @@ class PPOConfig(Section):
     n_logged_samples: int = Field(4, ge=0)
     """Samples written each time."""
     run: PPORunConfig = PPORunConfig()
-    """Run directory and cadence (`eval_every` is unused: PPO evaluates before and after)."""
+    """Run directory and cadence, in PPO steps."""
 
     @model_validator(mode="after")
     def _check(self) -> "PPOConfig":
