@@ -26,7 +26,8 @@ def test_reduced_demo_aligns_the_policy(tmp_path):
     for key in ("gold_win_rate_vs_sft", "gold_reward_sft", "gold_reward_ppo", "kl_to_ref", "rm_accuracy",
                 "rm_bayes_ceiling", "report"):
         assert key in saved, key
-    assert summary["gold_reward_ppo"] > summary["gold_reward_sft"], summary
+    # PPO against the trained RM raises the gold reward well above SFT's (recorded: −1.07 → −0.67).
+    assert summary["gold_reward_ppo"] > summary["gold_reward_sft"] + 0.2, summary
     assert summary["gold_win_rate_vs_sft"] > 0.55, summary
     assert 0 < summary["kl_to_ref"] < 6, summary
     assert 0.55 < summary["rm_accuracy"] <= 1.0 and summary["rm_accuracy"] > 0.75 * summary["rm_bayes_ceiling"], summary
