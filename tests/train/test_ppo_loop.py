@@ -150,6 +150,26 @@ def test_prompt_files_in_hh_layout_with_skip_and_held_out_eval(sft_model, tmp_pa
     assert sample["prompt"][0]["role"] == "user" and isinstance(sample["response"], str)
 
 
+def _run_on_two_processes(driver_code: str, sft_model, tmp_path, extra: list[str], timeout: int):
+    """Run `driver_code` (argv: run dir, then config overrides) in 2 gloo processes on QUICK
+    settings with the gold reward; return the run directory."""
+    import os
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(driver_code)
+    out = tmp_path / "run"
+    out.mkdir()
+    overrides = [f"policy.path={sft_model}", "reward.source=gold", "run.progress=false", f"run.out_dir={out}",
+                 *QUICK, *extra]
+    # torchrun + ACCELERATE_USE_CPU gives Accelerate 2 gloo processes (MULTI_CPU); `accelerate launch
+    # --cpu --num_processes 2` starts a single process (its simple launcher), which would prove nothing.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(driver), str(out), *overrides]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
 # Runs train_ppo in each launched process, recording what each process saw: the inputs and output
 # of the advantage stage every step, and its final weights (policy and critic).
 _DRIVER = '''
@@ -192,25 +212,10 @@ def test_two_processes_stay_in_sync_with_global_metrics_and_whitening(sft_model,
     it runs to the end; both processes hold identical weights; the logged metrics are means over
     both processes' rollouts (maxima: the larger of the two); advantages are whitened with global statistics, i.e. equal to one
     process whitening all 2 × 4 rows of the step."""
-    import os
-    import subprocess
-    import sys
-
     from rlhfkit.algos.advantages import gae
     from rlhfkit.algos.masking import masked_whiten
 
-    driver = tmp_path / "driver.py"
-    driver.write_text(_DRIVER)
-    out = tmp_path / "run"
-    out.mkdir()
-    overrides = [f"policy.path={sft_model}", "reward.source=gold", "run.progress=false", f"run.out_dir={out}",
-                 *QUICK, "max_steps=3", "run.save_every=10"]
-    # torchrun + ACCELERATE_USE_CPU gives Accelerate 2 gloo processes (MULTI_CPU); `accelerate launch
-    # --cpu --num_processes 2` starts a single process (its simple launcher), which would prove nothing.
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(driver), str(out), *overrides]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=580,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    out = _run_on_two_processes(_DRIVER, sft_model, tmp_path, ["max_steps=3", "run.save_every=10"], timeout=580)
 
     assert yaml.safe_load((out / "config.yaml").read_text())["derived"]["num_processes"] == 2
     summary = json.loads((out / "summary.json").read_text())
@@ -345,18 +350,8 @@ def test_a_non_finite_loss_on_one_process_is_skipped_on_all(sft_model, tmp_path)
     """DDP on 2 CPU processes: when one process's loss is non-finite, every process skips that
     minibatch (a lone skip would hang the gradient all-reduce or let the weights part), and the
     run stops on the skip limit on both with the last good checkpoint intact."""
-    import os
-
-    driver = tmp_path / "driver.py"
-    driver.write_text(_ONE_RANK_NAN_DRIVER)
-    out = tmp_path / "run"
-    out.mkdir()
-    overrides = [f"policy.path={sft_model}", "reward.source=gold", "run.progress=false", f"run.out_dir={out}",
-                 *QUICK, "data.n_eval_prompts=0", "stop.max_skipped_minibatches=3"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(driver), str(out), *overrides]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    out = _run_on_two_processes(_ONE_RANK_NAN_DRIVER, sft_model, tmp_path,
+                                ["data.n_eval_prompts=0", "stop.max_skipped_minibatches=3"], timeout=180)
     for rank in (0, 1):  # both skipped step 2's 4 minibatches and stopped there
         assert "4 minibatches had a non-finite loss" in (out / f"stopped-{rank}.txt").read_text()
     assert latest_checkpoint(out).name == "step-00000001"
