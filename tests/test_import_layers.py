@@ -31,12 +31,24 @@ def test_cli_help_is_light():
 LAYERS = ["algos", "data", "tasks", "config", "models", "rundir", "rollout", "train", "eval", "label"]
 
 
-def _rlhfkit_imports(path):
+def _rlhfkit_imports(path, package: str):
+    """(line, top-level rlhfkit module) of every import in `path`; `package` is the file's own
+    dotted package, to resolve relative imports."""
     import ast
 
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rlhfkit."):
-            yield node.lineno, node.module.split(".")[1]
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # from .x import y / from .. import y
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            parts = base.split(".")
+            if parts[0] != "rlhfkit":
+                continue
+            if len(parts) > 1:
+                yield node.lineno, parts[1]
+            else:  # from rlhfkit import train
+                yield from ((node.lineno, a.name) for a in node.names)
         elif isinstance(node, ast.Import):
             yield from ((node.lineno, a.name.split(".")[1]) for a in node.names if a.name.startswith("rlhfkit."))
 
@@ -52,7 +64,8 @@ def test_no_layer_imports_a_later_layer():
         layer = path.relative_to(root).parts[0].removesuffix(".py")
         if layer not in LAYERS:  # cli.py and demo.py sit on top of everything
             continue
-        for line, imported in _rlhfkit_imports(path):
+        package = ".".join(("rlhfkit", *path.relative_to(root).parts[:-1]))
+        for line, imported in _rlhfkit_imports(path, package):
             if imported in LAYERS and LAYERS.index(imported) > LAYERS.index(layer):
                 offences.append(f"{path.relative_to(root)}:{line} imports rlhfkit.{imported}")
     assert not offences, offences

@@ -253,12 +253,18 @@ def derived_sizes(cfg: PPOConfig, num_processes: int) -> dict:
     for name in ("rollout_batch_size", "minibatch_size"):
         if getattr(cfg, name) % num_processes:
             raise ValueError(f"{name} {getattr(cfg, name)} must split evenly over {num_processes} processes")
+    prompts_per_step = cfg.rollout_batch_size // cfg.rollout.group_size
+    if prompts_per_step % num_processes:
+        # Each process samples whole groups; uneven shares would give the processes different
+        # numbers of minibatches, and the collective calls of the update would wait forever.
+        raise ValueError(f"rollout_batch_size / rollout.group_size = {prompts_per_step} prompts per step must split "
+                         f"evenly over {num_processes} processes")
     minibatch_local = cfg.minibatch_size // num_processes
     micro = min(cfg.microbatch_size, minibatch_local)
     if minibatch_local % micro:
         raise ValueError(f"per-process minibatch {minibatch_local} must be a multiple of microbatch_size {micro}")
     n_minibatches = cfg.rollout_batch_size // cfg.minibatch_size
-    return {"num_processes": num_processes, "prompts_per_step": cfg.rollout_batch_size // cfg.rollout.group_size,
+    return {"num_processes": num_processes, "prompts_per_step": prompts_per_step,
             "rollout_per_process": cfg.rollout_batch_size // num_processes, "minibatch_per_process": minibatch_local,
             "microbatch_size": micro, "grad_accum_steps": minibatch_local // micro,
             "minibatches_per_step": n_minibatches, "optimizer_steps": cfg.max_steps * cfg.ppo_epochs * n_minibatches}

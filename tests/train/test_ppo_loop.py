@@ -154,6 +154,7 @@ def _run_on_two_processes(driver_code: str, sft_model, tmp_path, extra: list[str
     """Run `driver_code` (argv: run dir, then config overrides) in 2 gloo processes on QUICK
     settings with the gold reward; return the run directory."""
     import os
+    import signal
 
     driver = tmp_path / "driver.py"
     driver.write_text(driver_code)
@@ -164,9 +165,17 @@ def _run_on_two_processes(driver_code: str, sft_model, tmp_path, extra: list[str
     # torchrun + ACCELERATE_USE_CPU gives Accelerate 2 gloo processes (MULTI_CPU); `accelerate launch
     # --cpu --num_processes 2` starts a single process (its simple launcher), which would prove nothing.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(driver), str(out), *overrides]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+    # A session of its own, so that a timeout kills the workers too (blocked in gloo, they would
+    # outlive a killed launcher).
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
     return out
 
 
@@ -357,4 +366,3 @@ def test_a_non_finite_loss_on_one_process_is_skipped_on_all(sft_model, tmp_path)
     assert latest_checkpoint(out).name == "step-00000001"
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1]
-

@@ -381,8 +381,11 @@ def two_rms(sft_model, tmp_path_factory):
 def _combine(r, mode, coef):
     """docs: mean, worst case, mean − λ·std, mean − λ·var (population statistics over the RMs)."""
     mean, var = r.mean(0), ((r - r.mean(0)) ** 2).mean(0)
-    return {"mean": mean, "min": r.min(0).values, "mean_minus_std": mean - (coef or 0) * var.sqrt(),
-            "mean_minus_var": mean - (coef or 0) * var}[mode]
+    if mode == "mean":
+        return mean
+    if mode == "min":
+        return r.min(0).values
+    return mean - coef * (var.sqrt() if mode == "mean_minus_std" else var)
 
 
 @pytest.mark.parametrize("mode,coef", [("mean", None), ("min", None), ("mean_minus_std", 0.5), ("mean_minus_var", 2.0)])
@@ -442,7 +445,37 @@ def test_ptx_demonstrations_from_a_file(sft_model, tmp_path):
         load_ptx_examples(cfg.model_copy(update={"ptx": cfg.ptx.model_copy(update={"data_path": str(bad)})}),
                           None, tokenizer)
 
-    train_ppo(_cfg(sft_model, tmp_path / "run", *QUICK, NO_EVAL, "max_steps=2", "ptx.coef=0.5", "ptx.batch_size=2",
-                   "ptx.n_examples=4", f"ptx.data_path={good}"))
+    # No task at all: prompts, reward and demonstrations all come from outside.
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Review film {i}."}) + "\n" for i in range(64)))
+    train_ppo(_cfg(sft_model, tmp_path / "run", *QUICK, "max_steps=2", "ptx.coef=0.5", "ptx.batch_size=2",
+                   "ptx.n_examples=4", f"ptx.data_path={good}", "data.task=null", f"data.prompts_path={prompts}",
+                   "data.prompts_skip=8", *_callable("constant_reward")))
     rows_logged = read_metrics(tmp_path / "run")
-    assert all(r["loss/ptx"] > 0 for r in rows_logged if r["step"] >= 1)
+    assert [r["step"] for r in rows_logged] == [1, 2] and all(r["loss/ptx"] > 0 for r in rows_logged)
+
+
+def test_batch_sizes_must_split_into_whole_groups_per_process():
+    from rlhfkit.config.base import load_config
+    from rlhfkit.config.ppo import PPOConfig
+    from rlhfkit.train.ppo import derived_sizes
+
+    cfg = load_config(PPOConfig, None, ["reward.source=gold", "value.init=policy", "rollout_batch_size=48",
+                                        "minibatch_size=12", "microbatch_size=3", "advantage=grpo",
+                                        "rollout.group_size=8"])
+    # 6 prompts of 8 responses: 3 each on 2 processes; on 4, 16/16/8/8 rows would hang the update.
+    assert derived_sizes(cfg, 2)["rollout_per_process"] == 24
+    with pytest.raises(ValueError, match="6 prompts per step must split evenly over 4 processes"):
+        derived_sizes(cfg, 4)
+
+
+def test_reward_batch_size_sets_the_rm_forward_batch(sft_model, two_rms, tmp_path, monkeypatch):
+    from rlhfkit.train.ppo_setup import build_scorer, load_reward_models
+
+    cfg = _cfg(sft_model, tmp_path / "run", "reward.source=rm", f"reward.rm_paths=[{two_rms[0]}]",
+               "reward.batch_size=3")
+    (rm,) = load_reward_models(cfg.reward.rm_paths)
+    calls, forward = [], rm.forward
+    monkeypatch.setattr(rm, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    scores = build_scorer(cfg.reward, None, [rm])(["Review the film."] * 7, ["Great fun."] * 7, [True] * 7)
+    assert len(calls) == 3 and scores["score"].shape == (7,)  # ⌈7 / 3⌉ forward passes
