@@ -7,7 +7,8 @@ What it does
   of 12–20 words and two responses of 36–44 words each (the peer's workload), one token per
   annotator.
 * Starts `rlhfkit annotate serve` as a subprocess on 127.0.0.1 (by default one process: uvicorn
-  with uvloop and httptools, DB calls inline on its event loop; `--workers N` for N processes)
+  with uvloop and httptools, DB calls inline on its event loop with SQLite, in threads with
+  PostgreSQL; `--workers N` for N processes)
   and waits for /healthz. Its per-token rate
   limit is raised (`--rate-limit-per-minute`, default 1e9) rather than turned off: each simulated
   annotator votes far faster than a person (the server's default, 120 a minute, would throttle

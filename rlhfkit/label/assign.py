@@ -78,6 +78,15 @@ _BUMP = Prepared(update(T).where(T.c.id == bindparam("b_tid"), T.c.is_open.is_(T
 _CLAIM = {gold: Prepared(update(T).where(T.c.id == pick.scalar_subquery(), T.c.is_open.is_(True))
                          .values(_BUMP_VALUES).returning(T.c.id, T.c.candidate_ids, T.c.n_assigned))
           for gold, pick in _PICK_SELECT.items()}
+# The same claim passing over tasks that concurrent transactions hold locked (PostgreSQL's
+# SKIP LOCKED; SQLite renders no FOR UPDATE and has one writer at a time anyway). Without it
+# every claimer picks the same lowest open task and queues on its row lock until the holder's
+# commit, fsync included, so claims were serial whatever the number of connections.
+_CLAIM_SKIPPING_LOCKED = {
+    gold: Prepared(update(T).where(T.c.id == pick.with_for_update(skip_locked=True).scalar_subquery(),
+                                   T.c.is_open.is_(True))
+                   .values(_BUMP_VALUES).returning(T.c.id, T.c.candidate_ids, T.c.n_assigned))
+    for gold, pick in _PICK_SELECT.items()}
 _INSERT_ASSIGNMENT = Prepared(insert(A).values(
     annotator_id=bindparam("annotator_id"), task_id=bindparam("task_id"), seq=bindparam("seq"),
     display_order=bindparam("display_order", type_=JSON), status=bindparam("status"),
@@ -230,16 +239,20 @@ def next_task(conn: Connection, who: Annotator, after_seq: int | None = None,
 def _claim(conn: Connection, who: Annotator, seq: int, now: float,
            gold: bool) -> tuple[int, list[int]] | None:
     params = {"b_pid": who.project_id, "b_aid": who.id}
-    for _ in range(CLAIM_RETRIES):
+    got = _CLAIM_SKIPPING_LOCKED[gold](conn, params).first()
+    retries = 0
+    while got is None:
+        # Nothing unlocked to claim: either nothing is left for this annotator, or the open
+        # tasks are being claimed right now (a locked one may keep a free slot, or be released
+        # by a rollback): then claim waiting on the row lock, as often as concurrent claimers
+        # fill the task we picked before our UPDATE ran.
+        if retries == CLAIM_RETRIES or _PICK[gold](conn, params).first() is None:
+            return None
         got = _CLAIM[gold](conn, params).first()
-        if got is None:
-            if _PICK[gold](conn, params).first() is None:
-                return None  # nothing left for this annotator
-            continue  # a concurrent claimer filled the task we picked before our UPDATE ran
-        order = display_order(who.seed, got.id, got.n_assigned - 1, len(got.candidate_ids))
-        _insert_assignment(conn, who, got.id, seq, order, now)
-        return got.id, order
-    return None
+        retries += 1
+    order = display_order(who.seed, got.id, got.n_assigned - 1, len(got.candidate_ids))
+    _insert_assignment(conn, who, got.id, seq, order, now)
+    return got.id, order
 
 
 def _claim_repeat(conn: Connection, who: Annotator, seq: int,

@@ -19,6 +19,7 @@ import fcntl
 import math
 import os
 import struct
+import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -67,14 +68,16 @@ class TokenBuckets:
         self.burst = float(limit.burst)
         self.clock = clock
         self._state: dict[Hashable, tuple[float, float]] = {}
+        self._lock = threading.Lock()  # the server may take tokens from several threads
 
     def take(self, key: Hashable) -> float:
         if self.rate == 0:
             return 0.0
-        now = self.clock()
-        tokens, last = self._state.get(key, (self.burst, now))
-        tokens, wait = take_token(tokens, last, now, self.rate, self.burst)
-        self._state[key] = (tokens, now)
+        with self._lock:
+            now = self.clock()
+            tokens, last = self._state.get(key, (self.burst, now))
+            tokens, wait = take_token(tokens, last, now, self.rate, self.burst)
+            self._state[key] = (tokens, now)
         return wait
 
 
@@ -92,11 +95,17 @@ class SharedTokenBuckets:
         self.burst = float(limit.burst)
         self.clock = clock
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        # flock excludes other processes, not this one's threads (they share the open file).
+        self._lock = threading.Lock()
 
     def take(self, key: int) -> float:
         if self.rate == 0:
             return 0.0
         offset = self.RECORD.size * key
+        with self._lock:
+            return self._take_locked(offset)
+
+    def _take_locked(self, offset: int) -> float:
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         try:
             now = self.clock()

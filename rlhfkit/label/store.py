@@ -45,6 +45,9 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 WAL_CHECKPOINT_INTERVAL_S = 0.5
 """How often the server's background thread checkpoints the WAL (`checkpoint_in_background`):
 the WAL holds at most about half a second of commits."""
+POSTGRES_POOL_SIZE = 16
+"""Pooled connections to a PostgreSQL store: the server runs up to this many per-vote
+transactions at once in threads (`app.store_runner`), each on its own connection."""
 DB_FILENAME = "annotation.db"
 log = logging.getLogger(__name__)
 
@@ -182,7 +185,7 @@ def make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     try:
-        return create_engine(url, json_serializer=_dumps, pool_pre_ping=True)
+        return create_engine(url, json_serializer=_dumps, pool_pre_ping=True, pool_size=POSTGRES_POOL_SIZE)
     except ModuleNotFoundError as err:
         raise RuntimeError(
             f"no driver for {url.split(':', 1)[0]}: install rlhfkit[postgres] ({err})") from err
