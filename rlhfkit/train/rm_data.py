@@ -56,23 +56,26 @@ class Group:
 
 
 # ---------------------------------------------------------------------------------------- data
-def _group_from_record(rec, kind: str, model: RewardModel, margin_scale: float) -> Group | None:
+def _group_from_record(rec, kind: str, model: RewardModel, margin_scale: float | None) -> Group | None:
     """A record (pair / ranking, or a ranking built from ratings) → Group; None when it has no
-    strict preference (a tie)."""
+    strict preference (a tie). `margin_scale` None: no margins (`loss.margin: false`), whatever
+    margins or strengths the record carries."""
     from rlhfkit.algos.rm_losses import strength_to_margin
 
     if kind == "pair":
         responses, ranks = (rec.chosen, rec.rejected), ((1, 1) if rec.tie else (1, 2))
         margin = rec.margin if rec.margin is not None else (
             float(strength_to_margin(rec.strength)) if rec.strength is not None else None)
-        margins = None if margin is None else ((0.0, margin * margin_scale), (margin * margin_scale, 0.0))
+        margins = None if margin is None or margin_scale is None else \
+            ((0.0, margin * margin_scale), (margin * margin_scale, 0.0))
         bucket = (f"strength={rec.strength}" if rec.strength is not None
                   else f"margin={rec.margin:g}" if rec.margin is not None else None)
         gold = None
     else:
         responses, ranks, bucket = tuple(rec.responses), tuple(rec.ranks), None
         values = rec.meta.get("scores") if kind == "rating" else None
-        margins = None if values is None else tuple(tuple((a - b) * margin_scale for b in values) for a in values)
+        margins = None if values is None or margin_scale is None else \
+            tuple(tuple((a - b) * margin_scale for b in values) for a in values)
         gold = tuple(rec.meta["gold"]) if "gold" in rec.meta else None
     if len(set(ranks)) < 2:
         return None
@@ -104,7 +107,8 @@ def ratings_to_rankings(ratings) -> list:
     return rankings
 
 
-def read_groups(path: str, kind: str, model: RewardModel, on_error: str, margin_scale: float, skips) -> list[Group]:
+def read_groups(path: str, kind: str, model: RewardModel, on_error: str, margin_scale: float | None,
+                skips) -> list[Group]:
     """Groups from a preference file of `kind` records (ties and one-response groups left out)."""
     from rlhfkit.data import read_records
 
@@ -172,7 +176,7 @@ def load_rm_data(cfg: RMConfig, model: RewardModel, run: RunDir, is_main: bool, 
     once into RUN/data/{train,eval}.jsonl and read back from there (also on resume)."""
     from rlhfkit.tasks import DEFAULT_ANNOTATOR_TEMPERATURE, SimulatedAnnotator, get_task
 
-    data, scale = cfg.data, cfg.loss.margin_scale
+    data, scale = cfg.data, (cfg.loss.margin_scale if cfg.loss.margin else None)
     if data.train_path:
         train = read_groups(data.train_path, data.kind, model, data.on_error, scale, skips)
         if data.eval_path:

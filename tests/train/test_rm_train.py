@@ -184,6 +184,29 @@ def test_pairs_ratings_and_ties_become_groups(tmp_path, rm):
     # Mean ratings u = 3, v = 2, w = 3 → ranks 1, 3, 1 (u and w tie); margins are rating gaps.
     assert group.texts == ("u", "v", "w") and group.ranks == (1, 3, 1)
     assert group.margins[0][1] == 1.0 and group.margins[2][1] == 1.0 and group.pairs() == [(0, 1), (2, 1)]
+    # loss.margin: false (scale None): the same records give no margins at all.
+    assert all(g.margins is None for g in D.read_groups(str(tmp_path / "p.jsonl"), "pair", rm, "raise", None,
+                                                        SkipReport()))
+    assert D.read_groups(str(tmp_path / "r.jsonl"), "rating", rm, "raise", None, SkipReport())[0].margins is None
+
+
+def test_margins_reach_the_loss_only_with_loss_margin(tmp_path, rm, monkeypatch):
+    write_records(tmp_path / "p.jsonl", [PreferencePair(prompt=f"p{i}", chosen="x y", rejected="y", strength=3)
+                                         for i in range(4)])
+    seen = {}
+    real = D.read_groups
+
+    def recording(path, kind, model, on_error, margin_scale, skips):
+        seen[margin_scale] = real(path, kind, model, on_error, margin_scale, skips)
+        return seen[margin_scale]
+
+    monkeypatch.setattr(D, "read_groups", recording)
+    for flag in ("false", "true"):
+        cfg = load_config(RMConfig, None, [f"data.train_path={tmp_path / 'p.jsonl'}", "data.kind=pair",
+                                           f"loss.margin={flag}", "loss.margin_scale=2.0"])
+        D.load_rm_data(cfg, rm, None, True, SkipReport(), lambda: None)
+    assert all(g.margins is None for g in seen[None])
+    assert all(g.margins == ((0.0, 2.0), (2.0, 0.0)) for g in seen[2.0])
 
 
 def test_evaluation_figures_match_an_independent_computation(tmp_path, task, rm):
