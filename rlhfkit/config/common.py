@@ -44,7 +44,8 @@ class LoraConfig(Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Dropout on the adapter input."""
     target_modules: list[str] | None = None
-    """Module names to adapt; None = PEFT's default for the architecture, else all linear layers."""
+    """Module names to adapt; None = every linear layer of the blocks (PEFT's "all-linear": the LM
+    head and the embeddings are left as they are)."""
 
 
 class ModelConfig(Section):

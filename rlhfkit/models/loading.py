@@ -54,9 +54,13 @@ def load_tokenizer(path: str | Path):
 
 
 def load_causal_lm(path: str | Path, dtype=None):
+    """A causal LM by local path, in `dtype`; None means float32, not the checkpoint's own dtype
+    (transformers 5 loads a bf16 checkpoint as bf16 by default, and training bf16 weights loses
+    the optimiser's small updates; bf16 compute comes from autocast instead)."""
+    import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=dtype or torch.float32)
 
 
 def disable_dropout(model) -> None:
@@ -85,7 +89,8 @@ def apply_lora(model, cfg: LoraConfig, task_type: str = "CAUSAL_LM"):
 
 def load_or_build_policy(cfg: ModelConfig, corpus_fn, seed: int):
     """(model, tokenizer) from `cfg.path`, or a tiny model built from `cfg.tiny` with a tokenizer
-    trained on `corpus_fn(n_lines)` (the task's text)."""
+    trained on `corpus_fn(n_lines)` (the task's text); wrapped with LoRA adapters when
+    `cfg.lora.enabled` (`save_hf` merges them)."""
     if cfg.path:
         model, tokenizer = load_causal_lm(cfg.path), load_tokenizer(cfg.path)
     else:
@@ -94,6 +99,8 @@ def load_or_build_policy(cfg: ModelConfig, corpus_fn, seed: int):
         model, tokenizer = build_tiny_causal_lm(cfg.tiny, corpus_fn(cfg.tiny.tokenizer_lines), seed)
     if cfg.disable_dropout:
         disable_dropout(model)
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora)
     return model, tokenizer
 
 

@@ -98,7 +98,7 @@ def critic_from_pretrained(path: str) -> Critic:
 
     from rlhfkit.models.loading import resolve_model_path
 
-    trunk = AutoModel.from_pretrained(resolve_model_path(path))
+    trunk = AutoModel.from_pretrained(resolve_model_path(path), dtype=torch.float32)  # see load_causal_lm
     return Critic(trunk, zero_value_head(_hidden_size(trunk.config)))
 
 

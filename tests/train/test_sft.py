@@ -150,3 +150,26 @@ def test_response_nll_and_budgeted_held_out_loss_match_a_per_token_reference(mon
     assert [len(b) for b in _budget_batches(examples, 64, 64)] == [2, 3]
     assert [len(b) for b in _budget_batches(examples, 1, 64)] == [1] * 5
     assert held_out_loss(model, examples, pad_id=0) == pytest.approx(total / count, rel=1e-5)
+
+
+def test_lora_sft_trains_the_adapters_only_and_saves_a_merged_model(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from rlhfkit.models.loading import load_or_build_policy
+    from rlhfkit.tasks import get_task
+
+    cfg = _cfg(tmp_path / "lora", "data.n_train=256", "data.n_eval=32", "max_steps=12", "eval.n_sample_prompts=0",
+               "model.lora.enabled=true", "model.lora.r=8", "optim.lr=1e-2", "run.eval_every=1000")
+    model, _ = load_or_build_policy(cfg.model, get_task("reviews").corpus, cfg.run.seed)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name for name in trainable)
+    base = {k: v.clone() for k, v in model.get_base_model().state_dict().items() if "lora_" not in k}
+
+    summary = train_sft(cfg)
+    assert summary["eval_loss"] < summary["eval_loss_before"] - 0.1, summary
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "lora" / "model")).state_dict()
+    assert not any("lora" in k for k in merged)  # a plain model: the adapters were merged in
+    embed = "model.embed_tokens.weight"
+    torch.testing.assert_close(merged[embed], base[embed], rtol=0, atol=0)  # not adapted
+    q_proj = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged[q_proj], base["model.layers.0.self_attn.q_proj.base_layer.weight"])
