@@ -112,7 +112,9 @@ def load_sft_records(cfg: SFTConfig):
     from rlhfkit.tasks import get_task
 
     data = cfg.data
-    task = get_task(data.task, seed=data.task_seed) if data.task else None
+    # A data file replaces the task entirely: its text trains a tiny model's tokenizer, and no
+    # gold reward is sampled on the task's prompts.
+    task = get_task(data.task, seed=data.task_seed) if data.task and not data.train_path else None
     if data.train_path:
         train, skips = read_records(data.train_path, kind="sft", on_error=data.on_error)
         if data.eval_path:

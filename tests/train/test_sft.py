@@ -173,3 +173,17 @@ def test_lora_sft_trains_the_adapters_only_and_saves_a_merged_model(tmp_path):
     torch.testing.assert_close(merged[embed], base[embed], rtol=0, atol=0)  # not adapted
     q_proj = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(merged[q_proj], base["model.layers.0.self_attn.q_proj.base_layer.weight"])
+
+
+def test_a_data_file_replaces_the_task(tmp_path):
+    rows = [{"prompt": f"Describe zorblat number {i}.", "response": f"Zorblat {i} is quixotic and vermilion."}
+            for i in range(40)]
+    path = tmp_path / "sft.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = train_sft(_cfg(tmp_path / "f", f"data.train_path={path}", "max_steps=2", "batch_size=8",
+                             "model.tiny.tokenizer_lines=40"))
+    assert "gold_reward_before" not in summary and "gold_reward_after" not in summary
+    from rlhfkit.models.loading import load_tokenizer
+
+    vocab = load_tokenizer(str(tmp_path / "f" / "model")).get_vocab()
+    assert any("zorblat" in token.lower() for token in vocab)  # the tiny tokenizer learnt the file's words
