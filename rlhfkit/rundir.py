@@ -118,6 +118,12 @@ class RunDir:
             kept = [line for line in rows if json.loads(line).get("step", 0) <= after_step]
             atomic_write_text(path, "".join(line + "\n" for line in kept))
 
+    def clear_logs(self) -> None:
+        """On a fresh start, drop the metric rows and samples of an earlier start in this directory."""
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            if self.is_main:
+                (self.path / name).unlink(missing_ok=True)
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()

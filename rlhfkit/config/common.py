@@ -88,7 +88,8 @@ class RunConfig(Section):
     out_dir: str = "runs/run"
     """Run directory: config.yaml, metrics.jsonl, TensorBoard events, summary.json, checkpoints/, model/."""
     seed: int = 0
-    """Seed for every random number generator (per-process seeds derive from it)."""
+    """Seed for every random number generator (PPO derives per-process seeds from it; SFT and RM
+    seed every process alike, their data order being global)."""
     log_every: int = Field(10, gt=0)
     """Log training metrics every N optimiser steps."""
     eval_every: int = Field(100, gt=0)
@@ -98,7 +99,8 @@ class RunConfig(Section):
     keep_checkpoints: int = Field(2, gt=0)
     """How many recent checkpoints to keep."""
     resume: bool = True
-    """Resume from the latest checkpoint in out_dir when there is one."""
+    """Resume from the latest checkpoint in out_dir when there is one; false starts fresh, and is
+    refused when out_dir holds checkpoints (they would mix with the new run's)."""
     precision: Precision = "fp32"
     """Compute precision: fp32, or bf16 autocast (CPU with AVX512-BF16, or GPU)."""
     num_threads: int | None = None

@@ -51,7 +51,7 @@ from rlhfkit.train.ppo_setup import (PromptSet, build_critic, build_policy, buil
                                      load_prompts, load_ptx_examples, load_reward_models)
 from rlhfkit.train.ppo_update import (MAX_STATS, Experience, LossSettings, Models, compile_training, ppo_update,
                                       pretrain_critic, ptx_loss_fn)
-from rlhfkit.train.run import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlhfkit.train.run import checkpoint_to_resume, latest_checkpoint, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger("rlhfkit.ppo")
 
@@ -330,7 +330,7 @@ def build_run(cfg: PPOConfig) -> PPORun:
 def _start_or_resume(ctx: PPORun) -> None:
     """Load the latest checkpoint, or (fresh run) evaluate the SFT policy and pre-train the critic."""
     cfg = ctx.cfg
-    checkpoint = latest_checkpoint(cfg.run.out_dir) if cfg.run.resume else None
+    checkpoint = checkpoint_to_resume(ctx.run, cfg.run.resume)
     if checkpoint is not None:
         ctx.state = load_checkpoint(ctx.accelerator, checkpoint)
         ctx.engine.sync_weights(ctx.policy.lm)  # the engine was loaded from policy.path, not the checkpoint

@@ -34,7 +34,7 @@ from rlhfkit.rundir import Progress, RunDir, StageTimer, atomic_write_text, prin
 from rlhfkit.train.common import (BatchPlan, build_optimizer, build_scheduler, epoch_permutation, global_batch_indices,
                                   make_accelerator)
 from rlhfkit.train.rm_data import Group, load_rm_data, sample_candidates
-from rlhfkit.train.run import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlhfkit.train.run import checkpoint_to_resume, load_checkpoint, save_checkpoint
 
 GOLD_GAP_EDGES = (0.25, 0.5, 1.0)
 """|gold_a − gold_b| bucket edges for accuracy by difficulty when labels came from the task."""
@@ -328,6 +328,9 @@ def train_rm(cfg: RMConfig) -> dict:
     seed_everything(cfg.run.seed)
     is_main = accelerator.is_main_process
     run = RunDir(cfg.run.out_dir, is_main=is_main)
+    checkpoint = checkpoint_to_resume(run, cfg.run.resume)
+    if checkpoint is None and is_main:  # a fresh start regenerates the task's labels for its own config
+        shutil.rmtree(run.path / "data", ignore_errors=True)
     corpus = _file_corpus(cfg) if cfg.data.train_path else None
     if corpus is None:
         from rlhfkit.tasks import get_task
@@ -357,7 +360,6 @@ def train_rm(cfg: RMConfig) -> dict:
     state = {"step": 0, "train_seconds": 0.0, "real_tokens": 0.0, "forward_tokens": 0.0, "padded_tokens": 0.0,
              "pairs": 0.0,
              "best": None, "best_step": None, "bad_evals": 0, "stopped_early": False}
-    checkpoint = latest_checkpoint(cfg.run.out_dir) if cfg.run.resume else None
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint)
         run.truncate_metrics(state["step"])

@@ -53,3 +53,20 @@ def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:
     """Restore every registered object and RNG state; return our trainer state."""
     accelerator.load_state(str(path))
     return json.loads((path / TRAINER_STATE).read_text())
+
+
+def checkpoint_to_resume(run: RunDir, resume: bool) -> Path | None:
+    """The checkpoint a run continues from: the newest in its directory when `resume`, else None.
+
+    A fresh start (`resume` false) in a directory that holds checkpoints is refused: the new run's
+    checkpoints would be pruned by step number among the old ones, and a later resume could load
+    the old run's. A fresh start drops the metrics and samples an earlier start left behind."""
+    latest = latest_checkpoint(run.path)
+    if latest is not None and resume:
+        return latest
+    if latest is not None:
+        raise ValueError(f"{run.path} holds checkpoints of an earlier run ({latest.name}) and run.resume=false: "
+                         "choose another run.out_dir, or delete that one")
+    run.clear_logs()
+    return None
+

@@ -25,7 +25,7 @@ from rlhfkit.models.text import encode_prompt, encode_response
 from rlhfkit.rollout.sampling import sample_responses
 from rlhfkit.rundir import Progress, RunDir, print_effective_config, seed_everything
 from rlhfkit.train.common import BatchPlan, build_optimizer, build_scheduler, global_batch_indices, make_accelerator
-from rlhfkit.train.run import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlhfkit.train.run import checkpoint_to_resume, load_checkpoint, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ def train_sft(cfg: SFTConfig) -> dict:
     eval_prompts = task.prompts("eval", cfg.eval.n_sample_prompts) if task and cfg.eval.n_sample_prompts else []
 
     state = {"step": 0}
-    checkpoint = latest_checkpoint(cfg.run.out_dir) if cfg.run.resume else None
+    checkpoint = checkpoint_to_resume(run, cfg.run.resume)
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint)
         run.truncate_metrics(state["step"])

@@ -3,7 +3,7 @@
 import json
 
 from rlhfkit.rundir import RunDir, read_metrics
-from rlhfkit.train.run import latest_checkpoint
+from rlhfkit.train.run import checkpoint_to_resume, latest_checkpoint
 
 
 def test_metrics_summary_and_tensorboard(tmp_path):
@@ -31,3 +31,18 @@ def test_truncate_on_resume_and_incomplete_checkpoints_ignored(tmp_path):
     (tmp_path / "checkpoints" / ".tmp-step-00000004").mkdir()  # a save killed half-way
     (tmp_path / "checkpoints" / "step-00000003").mkdir()  # no trainer state: incomplete
     assert latest_checkpoint(tmp_path).name == "step-00000002"
+
+
+def test_a_fresh_start_clears_old_logs_and_refuses_old_checkpoints(tmp_path):
+    import pytest
+
+    run = RunDir(tmp_path, tensorboard=False)
+    run.log(1, {"x": 1})  # an earlier start that died before its first checkpoint
+    assert checkpoint_to_resume(run, resume=True) is None and read_metrics(tmp_path) == []
+    done = tmp_path / "checkpoints" / "step-00000004"
+    done.mkdir(parents=True)
+    (done / "trainer_state.json").write_text("{}")
+    run.log(4, {"x": 4})
+    assert checkpoint_to_resume(run, resume=True) == done and len(read_metrics(tmp_path)) == 1
+    with pytest.raises(ValueError, match="step-00000004.*run.resume=false"):
+        checkpoint_to_resume(run, resume=False)
