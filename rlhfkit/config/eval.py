@@ -112,7 +112,7 @@ class EvalConfig(Section):
     confidence: float = Field(0.95, gt=0, lt=1)
     """Coverage of the win-rate intervals."""
     batch_size: int = Field(64, gt=0)
-    """Sequences per generate / forward call."""
+    """Sequences per generate / forward call: generation, KL, perplexity and reward-model scoring."""
     seed: int = 0
     """Seed of the sampling (each model and decoding derives its own, so adding a model leaves the
     others' samples unchanged)."""

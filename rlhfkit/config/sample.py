@@ -85,10 +85,11 @@ class SampleConfig(Section):
     dropped (counted as `empty`): a candidate must have text."""
     min_candidates: int = Field(MIN_RANKED, ge=1, le=MAX_RANKED)
     """Candidate sets with fewer distinct responses left are dropped (counted as
-    `too_few_candidates`): a comparison needs two."""
+    `too_few_candidates`): a comparison needs two. At most K (checked at load)."""
     gold_scores: bool = False
     """Store the task's gold reward of each candidate in `meta['gold']` (the annotation app then
-    treats the sets as gold items with a known answer); needs a built-in task."""
+    treats the sets as gold items with a known answer); needs a built-in task, and a prompt file
+    of that task's prompts (checked before sampling)."""
     output: str | None = None
     """Candidate-set JSONL to write; default: `candidates.jsonl` in the run directory."""
     run: OutputRunConfig = OutputRunConfig()
@@ -100,6 +101,9 @@ class SampleConfig(Section):
         if not MIN_RANKED <= k <= MAX_RANKED:
             raise ValueError(f"the variants draw K={k} responses per prompt in all; K must lie in "
                              f"{MIN_RANKED}..{MAX_RANKED} (sum of variants[*].samples_per_prompt)")
+        if self.min_candidates > k:
+            raise ValueError(f"min_candidates={self.min_candidates} exceeds K={k}, the responses drawn per "
+                             "prompt (sum of variants[*].samples_per_prompt): every candidate set would be dropped")
         names = [v.name or v.path for v in self.variants]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:

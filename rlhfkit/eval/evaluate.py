@@ -122,12 +122,14 @@ def best_of_n_responses(model, tokenizer, prompts: Sequence, n: int, scorer, dec
                      [pool.num_tokens[i] for i in picks])
 
 
-def response_metrics(prompts: Sequence, resp: Responses, rm, task, distinct: Sequence[int]) -> tuple[dict, dict]:
-    """(means, per-response scores) of one model's responses: RM heads, gold, KL, length, EOS, distinct-n."""
+def response_metrics(prompts: Sequence, resp: Responses, rm, task, distinct: Sequence[int],
+                     batch_size: int) -> tuple[dict, dict]:
+    """(means, per-response scores) of one model's responses: RM heads, gold, KL, length, EOS,
+    distinct-n; the RM scores `batch_size` responses per forward call."""
     per: dict[str, list] = {}
     metrics: dict[str, Any] = {"n": len(resp.texts)}
     if rm is not None:
-        per["rm"] = rm.score_texts(list(prompts), resp.texts, resp.finished).tolist()
+        per["rm"] = rm.score_texts(list(prompts), resp.texts, resp.finished, batch_size=batch_size).tolist()
         heads = np.asarray(per["rm"], dtype=float)
         metrics["rm"] = heads.mean(0).tolist()
         metrics["rm_std"] = heads.std(0).tolist()
@@ -194,15 +196,17 @@ def bradley_terry_scores(judge, prompts: Sequence, responses: dict[str, Response
     return dict(zip(names, bradley_terry(wins, l2=BT_RIDGE).tolist()))
 
 
-def build_judge(cfg: EvalJudgeConfig, task, rm, rm_path: str | None, batch_size: int):
-    """The configured judge; scoring judges get `scores`, pairwise ones only `prefer`."""
+def build_judge(cfg: EvalJudgeConfig, task, rm, rm_path: str | None, batch_size: int, device: torch.device,
+                dtype: torch.dtype):
+    """The configured judge; scoring judges get `scores`, pairwise ones only `prefer`. A judge
+    reward model other than `rm` (at `rm_path`) is loaded in `dtype` onto `device`, like `rm`."""
     if cfg.kind == "gold":
         return GoldJudge(task, cfg.temperature, cfg.tie_eps)
     if cfg.kind == "reward_model":
         if cfg.reward_model and cfg.reward_model != rm_path:
             from rlhfkit.models.reward import load_reward_model
 
-            rm, rm_path = load_reward_model(cfg.reward_model), cfg.reward_model
+            rm, rm_path = load_reward_model(cfg.reward_model, dtype=dtype).to(device), cfg.reward_model
         return RewardModelJudge(rm, cfg.head, cfg.temperature, cfg.tie_eps, name=f"rm:{rm_path}",
                                 batch_size=batch_size)
     obj = load_callable(cfg.callable)
@@ -262,7 +266,7 @@ class _Context:
     sft_records: list
     """Held-out demonstrations for the perplexity (empty = skip)."""
     device: torch.device
-    dtype: Any
+    dtype: torch.dtype
 
 
 def _load_model(path: str | Path, ctx: _Context):
@@ -276,7 +280,7 @@ def _bon_scorer(spec: EvalModelSpec, ctx: _Context):
     if spec.bon_scorer == "gold":
         return lambda ps, ts, fs: ctx.task.gold_rewards([plain_prompt_text(p) for p in ps], ts, fs)
     # Ranked by the mean over the RM's heads (one head for a plain RM).
-    return lambda ps, ts, fs: ctx.rm.score_texts(list(ps), ts, fs).mean(1).tolist()
+    return lambda ps, ts, fs: ctx.rm.score_texts(list(ps), ts, fs, batch_size=ctx.cfg.batch_size).mean(1).tolist()
 
 
 def evaluate_model(spec: EvalModelSpec, ctx: _Context) -> tuple[dict[str, Responses], dict]:
@@ -315,7 +319,8 @@ def summarize_decoding(decoding: DecodingSpec, responses: dict[str, Responses], 
     baseline = cfg.baseline_name
     models, per = {}, {}
     for name, resp in responses.items():
-        models[name], per[name] = response_metrics(prompts, resp, ctx.rm, ctx.task, cfg.distinct_n)
+        models[name], per[name] = response_metrics(prompts, resp, ctx.rm, ctx.task, cfg.distinct_n,
+                                                      cfg.batch_size)
         if infos[name]["best_of_n"] > 1:
             models[name]["kl_method"] = "analytic_bon"
     summary: dict[str, Any] = {"greedy": decoding.greedy, "temperature": 0.0 if decoding.greedy else
@@ -381,9 +386,10 @@ def _context(cfg: EvalConfig) -> _Context:
     task_prompts = cfg.prompts.task is not None and cfg.prompts.path is None
     task = get_task(cfg.prompts.task, seed=cfg.prompts.task_seed) if cfg.prompts.task else None
     device = _device(cfg.run.device)
-    dtype = torch.bfloat16 if cfg.run.precision == "bf16" else None
+    # Explicit for fp32 too: transformers 5 reads dtype=None as "auto", the checkpoint's own dtype.
+    dtype = torch.bfloat16 if cfg.run.precision == "bf16" else torch.float32
     prompts, source = load_eval_prompts(cfg, task)
-    rm = load_reward_model(cfg.reward_model).to(device) if cfg.reward_model else None
+    rm = load_reward_model(cfg.reward_model, dtype=dtype).to(device) if cfg.reward_model else None
     baseline = next(m for m in cfg.models if m.name == cfg.baseline_name)
     ctx = _Context(cfg, prompts, source, task if task_prompts else None, rm,
                    resolve_model_dir(cfg.reference or baseline.path), None, None, _perplexity_records(cfg, task),
@@ -402,7 +408,7 @@ def evaluate_models(cfg: EvalConfig) -> dict:
         torch.set_num_threads(cfg.run.num_threads)
     seed_everything(cfg.seed)
     ctx = _context(cfg)
-    base_judge = build_judge(cfg.judge, ctx.task, ctx.rm, cfg.reward_model, cfg.batch_size)
+    base_judge = build_judge(cfg.judge, ctx.task, ctx.rm, cfg.reward_model, cfg.batch_size, ctx.device, ctx.dtype)
     run = RunDir(cfg.run.out_dir, tensorboard=False)
     run.save_config(config_to_dict(cfg), {"n_prompts": len(ctx.prompts), "prompt_source": ctx.prompt_source})
     responses: dict[str, dict[str, Responses]] = {d.label: {} for d in cfg.decodings}

@@ -355,6 +355,10 @@ def label_candidates(cfg: JudgeLabelConfig) -> dict[str, Any]:
     from rlhfkit.tasks import get_task
 
     started = time.perf_counter()
+    if cfg.run.num_threads:
+        import torch  # only here: the simulated and callable judges need no torch
+
+        torch.set_num_threads(cfg.run.num_threads)
     sets, skips = read_records(cfg.candidates, kind="candidates", on_error=cfg.on_error)
     read = len(sets)
     sets = usable_sets(list(sets), cfg.mode, cfg.candidates, cfg.on_error, skips)

@@ -95,6 +95,18 @@ def load_prompts(cfg: PromptSourceConfig, task) -> tuple[list[PromptRecord], Ski
     return task.prompts(cfg.split, cfg.n), SkipReport(), f"task:{task.name}:{cfg.split}"
 
 
+def check_gold_prompts(prompts: list[PromptRecord], task, source: str) -> None:
+    """Raise on the first prompt the task's gold reward cannot score, before any sampling: the
+    gold is computed after it, so a prompt file of other prompts would waste the whole run."""
+    for n, record in enumerate(prompts, start=1):
+        try:
+            task.gold_reward(plain_prompt_text(record.prompt), "", False)  # any response will do
+        except ValueError as exc:
+            named = f" (id {record.id!r})" if record.id else ""
+            raise ValueError(f"{source}: prompt record {n}{named}: {exc}; gold rewards need {task.name!r} "
+                             "prompts (drop gold_scores, or use the task's prompts)") from None
+
+
 def resolve_device(run: OutputRunConfig) -> torch.device:
     if run.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -227,6 +239,10 @@ def sample_candidates(cfg: SampleConfig) -> dict:
     prompts, skips, source = load_prompts(cfg.prompts, task)
     if not prompts:
         raise ValueError(f"{source}: no prompts to sample for")
+    # Gold only for the task's own prompts (or when asked): a prompt file may hold other prompts.
+    gold_task = task if task is not None and (cfg.gold_scores or not cfg.prompts.path) else None
+    if gold_task is not None:
+        check_gold_prompts(prompts, gold_task, source)
     device = resolve_device(cfg.run)
     output = Path(cfg.output) if cfg.output else Path(cfg.run.out_dir) / "candidates.jsonl"
     batches = sum(-(-len(prompts) * v.samples_per_prompt // cfg.batch_size) for v in cfg.variants)
@@ -240,8 +256,6 @@ def sample_candidates(cfg: SampleConfig) -> dict:
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda), Progress(batches, "sample", cfg.run.progress) as bar:
         draws = sample_all(cfg, prompts, device, bar)
-    # Gold only for the task's own prompts (or when asked): a prompt file may hold other prompts.
-    gold_task = task if task is not None and (cfg.gold_scores or not cfg.prompts.path) else None
     sets, stats, left_out = assemble_sets(cfg, prompts, draws, gold_task)
     write_records(output, sets, kind="candidates")
 

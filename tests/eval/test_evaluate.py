@@ -9,10 +9,12 @@ import math
 import sys
 
 import pytest
+import torch
 
 from rlhfkit.config.base import ConfigError, validate_config
 from rlhfkit.config.eval import EvalConfig
-from rlhfkit.eval.evaluate import Responses, ScoredJudge, build_judge, comparison_scores, evaluate_models
+from rlhfkit.eval.evaluate import (Responses, ScoredJudge, _context, build_judge, comparison_scores,
+                                   evaluate_models)
 from rlhfkit.eval.judges import GoldJudge
 from rlhfkit.tasks import get_task
 
@@ -36,6 +38,24 @@ def model_dirs(tmp_path_factory):
         model, tokenizer = build_tiny_causal_lm(shape, corpus, seed)
         dirs[name] = str(save_hf(model, tokenizer, root / name))
     return dirs
+
+
+@pytest.fixture(scope="module")
+def bf16_dirs(tmp_path_factory):
+    """A causal LM and a reward model saved in bf16: their config.json says `dtype: bfloat16`,
+    which transformers 5 loads as bf16 unless told otherwise."""
+    from rlhfkit.config.common import TinyModelConfig
+    from rlhfkit.models.loading import save_hf
+    from rlhfkit.models.reward import RewardModel
+    from rlhfkit.models.tiny import build_tiny_causal_lm
+
+    root = tmp_path_factory.mktemp("bf16")
+    shape = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, vocab_size=256, max_positions=96)
+    model, tokenizer = build_tiny_causal_lm(shape, get_task("reviews", seed=0).corpus(500), 2)
+    model = model.to(torch.bfloat16)
+    lm = save_hf(model, tokenizer, root / "lm")
+    RewardModel.from_causal_lm(model, tokenizer).save(root / "rm")
+    return {"lm": str(lm), "rm": str(root / "rm")}
 
 
 def _config(out_dir, models, **extra) -> EvalConfig:
@@ -159,7 +179,7 @@ def test_build_judge_wraps_scoring_functions(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = EvalConfig.model_validate({"models": [{"name": "m", "path": "x"}],
                                      "judge": {"kind": "callable", "callable": "length_judge_module:score"}})
-    judge = build_judge(cfg.judge, None, None, None, 8)
+    judge = build_judge(cfg.judge, None, None, None, 8, torch.device("cpu"), torch.float32)
     assert judge.prefer("p", "longer", "short") == 1.0 and judge.prefer("p", "ab", "cd") == 0.5
 
 
@@ -180,3 +200,46 @@ def test_report_renders_the_eval_run(evaluated, tmp_path):
     assert "could not be rendered" not in html
     assert "0.636 (analytic)" in html and "Held-out SFT perplexity" in html
     assert html.count("<img ") == 1  # the win-rate plot
+
+
+def _dtypes(module) -> set:
+    return {p.dtype for p in module.parameters()}
+
+
+def test_precision_fp32_loads_bf16_checkpoints_in_fp32(bf16_dirs, tmp_path):
+    cfg = _config(tmp_path, [{"name": "a", "path": bf16_dirs["lm"]}], reward_model=bf16_dirs["rm"],
+                  decodings=[{"temperature": 1.0}], perplexity={"n": 0})
+    assert cfg.run.precision == "fp32"
+    ctx = _context(cfg)
+    # The reference is loaded like every evaluated model (`_load_model`).
+    assert _dtypes(ctx.reference) == {torch.float32} and _dtypes(ctx.rm) == {torch.float32}
+    bf16 = _context(cfg.model_copy(update={"run": cfg.run.model_copy(update={"precision": "bf16"})}))
+    # The RM's linear head is built in fp32 and loaded by copy, so only its trunk is bf16.
+    assert _dtypes(bf16.reference) == {torch.bfloat16} and torch.bfloat16 in _dtypes(bf16.rm)
+
+
+def test_separate_judge_reward_model_gets_the_device_and_dtype(bf16_dirs):
+    cfg = EvalConfig.model_validate({"models": [{"name": "m", "path": "x"}], "reward_model": "other_rm",
+                                     "judge": {"kind": "reward_model", "reward_model": bf16_dirs["rm"]}})
+    # The meta device stands in for CUDA on a CPU-only machine: a model left on the CPU would show it.
+    judge = build_judge(cfg.judge, None, None, cfg.reward_model, 8, torch.device("meta"), torch.float32)
+    assert {p.device.type for p in judge.rm.parameters()} == {"meta"}
+    assert _dtypes(judge.rm) == {torch.float32}
+
+
+def test_reward_model_scores_batch_size_responses_per_forward(model_dirs, bf16_dirs, tmp_path, monkeypatch):
+    from rlhfkit.models.reward import RewardModel
+
+    rows = []
+    forward = RewardModel.forward
+
+    def counting_forward(self, input_ids, *args, **kwargs):
+        rows.append(input_ids.shape[0])
+        return forward(self, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(RewardModel, "forward", counting_forward)
+    models = [{"name": "a", "path": model_dirs["a"]}, {"name": "bon", "path": model_dirs["a"], "best_of_n": 2}]
+    evaluate_models(_config(tmp_path, models, reward_model=bf16_dirs["rm"], decodings=[{"temperature": 1.0}],
+                            perplexity={"n": 0}, batch_size=3))
+    # Best-of-2 ranks 2 × 8 samples, then the RM scores each model's 8 responses (judge: gold, no RM).
+    assert rows == [3, 3, 3, 3, 3, 1] + [3, 3, 2] * 2

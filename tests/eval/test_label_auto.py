@@ -208,6 +208,18 @@ def test_reward_model_judge(tmp_path, candidates, task):
     assert summary["by_annotator"] == {"rm-0": 8}
 
 
+def test_run_num_threads_sets_torch_threads(tmp_path, task, monkeypatch):
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)  # the suite's 1 thread stays
+    few = tmp_path / "few.jsonl"
+    write_records(few, make_sets(task, 2))
+    label_candidates(validate_config(JudgeLabelConfig, {"candidates": str(few), "run": {
+        "out_dir": str(tmp_path / "run"), "progress": False, "num_threads": 3}}, "test"))
+    assert calls == [3]
+
+
 def test_bad_callable_path_is_a_clear_error(tmp_path, candidates):
     with pytest.raises(ValueError, match="cannot import module 'no_such_judge_module'"):
         run(tmp_path, candidates, judge={"kind": "callable", "callable": "no_such_judge_module:score"})

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -151,3 +152,23 @@ def test_build_set_counts_what_it_leaves_out():
 def test_config_checks(spec, message):
     with pytest.raises(ConfigError, match=message):
         validate_config(SampleConfig, {"variants": spec}, "test")
+
+
+def test_min_candidates_above_k_is_a_config_error():
+    spec = [{"path": "m", "samples_per_prompt": 3}]
+    with pytest.raises(ConfigError, match=r"min_candidates=4 exceeds K=3"):
+        validate_config(SampleConfig, {"variants": spec, "min_candidates": 4}, "test")
+    assert validate_config(SampleConfig, {"variants": spec, "min_candidates": 3}, "test").min_candidates == 3
+
+
+def test_gold_scores_on_foreign_prompts_fail_before_sampling(tmp_path, monkeypatch):
+    from rlhfkit.rollout import candidates
+
+    good = get_task("reviews", seed=0).prompts("train", 1)[0].prompt
+    path = tmp_path / "prompts.jsonl"
+    write_records(path, [PromptRecord(prompt=good), PromptRecord(prompt="tell me a joke", id="joke-1")])
+    monkeypatch.setattr(candidates, "sample_all", lambda *args: pytest.fail("sampled before checking the prompts"))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: prompt record 2 \(id 'joke-1'\): not a 'reviews' prompt"):
+        sample(tmp_path / "run", [{"path": "m", "samples_per_prompt": 2}], gold_scores=True,
+               prompts={"path": str(path), "n": 2})
+
