@@ -23,9 +23,11 @@ class RMModelConfig(ModelConfig):
     input_format: InputFormat = "auto"
     """`chat`: the tokenizer's chat template; `plain`: prompt ids + response ids + EOS; `pair`:
     BERT-style `[CLS] prompt [SEP] response [SEP]` for encoders without EOS; `auto` picks chat
-    when the tokenizer has a template, pair when it has no EOS, else plain."""
+    when the tokenizer has a template, pair when it has no EOS but a separator token, else plain."""
     max_length: int = Field(512, gt=8)
-    """Longest prompt+response in tokens; longer inputs lose the start of the prompt."""
+    """Longest prompt+response in tokens (at most a tiny model's `max_positions`). Longer inputs
+    lose their oldest chat turns, then the start of what is left (the response's too when it alone
+    is longer); with `pair` the longer segment loses its start."""
     freeze_embeddings: bool = False
     """Keep the token (and position) embeddings fixed."""
     freeze_layers: int = Field(0, ge=0)
@@ -41,8 +43,9 @@ class RMDataConfig(Section):
     eval_path: str | None = None
     """Held-out preference file; default: `eval_fraction` of the training file."""
     kind: Literal["pair", "ranking", "rating"] = "pair"
-    """Record kind of the files. Rankings keep all C(K,2) pairs of a prompt together; ratings of
-    one prompt by one annotator become one ranking (equal ratings tie)."""
+    """Record kind of the files. Rankings keep all C(K,2) pairs of a prompt together; the ratings
+    of one prompt become one ranking by each response's mean rating over annotators (equal means
+    tie)."""
     eval_fraction: float = Field(0.05, gt=0, lt=1)
     """Held-out share when only `train_path` is given."""
     on_error: Literal["raise", "skip"] = "raise"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rlhfkit.config.base import Section
 from rlhfkit.config.common import ModelConfig, OptimConfig, RunConfig
@@ -65,3 +65,12 @@ class SFTConfig(Section):
     """Held-out evaluation."""
     run: RunConfig = RunConfig(out_dir="runs/sft", eval_every=100, save_every=100)
     """Run directory and cadence."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SFTConfig":
+        if self.micro_batch_size > self.batch_size:
+            raise ValueError(f"micro_batch_size {self.micro_batch_size} exceeds batch_size {self.batch_size}")
+        if not self.model.path and self.data.max_seq_len > self.model.tiny.max_positions:
+            raise ValueError(f"data.max_seq_len {self.data.max_seq_len} exceeds the tiny model's "
+                             f"model.tiny.max_positions {self.model.tiny.max_positions}")
+        return self

@@ -76,3 +76,13 @@ def test_override_keeps_the_stage_defaults_of_its_section():
     # SFTConfig's own run defaults (out_dir=runs/sft) survive an override of another run field.
     cfg = load_config(SFTConfig, None, ["run.seed=3"])
     assert (cfg.run.seed, cfg.run.out_dir) == (3, "runs/sft")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["batch_size=8", "micro_batch_size=16"], "micro_batch_size 16 exceeds batch_size 8"),
+    (["data.max_seq_len=500"], "data.max_seq_len 500 exceeds the tiny model's model.tiny.max_positions 128"),
+])
+def test_sft_sizes_are_checked_at_load(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(SFTConfig, None, overrides)
+    load_config(SFTConfig, None, ["model.path=some/model", "data.max_seq_len=500"])  # a real model: its own limit
