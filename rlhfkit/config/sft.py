@@ -56,7 +56,8 @@ class SFTConfig(Section):
     batch_size: int = Field(32, gt=0)
     """Global sequences per optimiser step (all processes, all micro-batches)."""
     micro_batch_size: int = Field(32, gt=0)
-    """Sequences per forward pass on one process; gradient accumulation covers the rest."""
+    """Sequences per forward pass on one process, at most the per-process batch (a larger value is
+    lowered to it); gradient accumulation covers the rest."""
     epochs: float = Field(4.0, gt=0)
     """Passes over the training data (ignored when max_steps is set)."""
     max_steps: int | None = Field(None, gt=0)
@@ -68,8 +69,6 @@ class SFTConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> "SFTConfig":
-        if self.micro_batch_size > self.batch_size:
-            raise ValueError(f"micro_batch_size {self.micro_batch_size} exceeds batch_size {self.batch_size}")
         if not self.model.path and self.data.max_seq_len > self.model.tiny.max_positions:
             raise ValueError(f"data.max_seq_len {self.data.max_seq_len} exceeds the tiny model's "
                              f"model.tiny.max_positions {self.model.tiny.max_positions}")
