@@ -7,7 +7,7 @@ the demo under `--out`. Sampling, labelling and evaluation are set by the few kn
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rlhfkit.config.base import Section
 from rlhfkit.config.common import ModelConfig, OptimConfig, RunConfig, TinyModelConfig
@@ -24,7 +24,15 @@ class DemoSamplingConfig(Section):
     n_eval_prompts: int = Field(150, gt=0)
     """Held-out prompts whose preferences measure RM accuracy."""
     temperatures: tuple[float, float] = (1.0, 0.7)
-    """Sampling temperatures of the two policy variants (same SFT checkpoint)."""
+    """Sampling temperatures of the two policy variants (same SFT checkpoint); positive, distinct."""
+
+    @model_validator(mode="after")
+    def _temperatures(self) -> "DemoSamplingConfig":
+        low, high = sorted(self.temperatures)
+        if low <= 0 or low == high:
+            raise ValueError(f"sampling.temperatures {list(self.temperatures)} must be two distinct positive "
+                             "values (they name the two variants)")
+        return self
     samples_per_variant: int = Field(2, ge=1, le=4)
     """Responses per prompt from each variant (K = 2 × this, before de-duplication)."""
     max_new_tokens: int = Field(40, gt=0)

@@ -143,6 +143,18 @@ class EvalConfig(Section):
             raise ValueError(f"distinct_n must list n-gram sizes ≥ 1, got {self.distinct_n}")
         if not self.decodings:
             raise ValueError("decodings must list at least one decoding")
+        labels = [d.label for d in self.decodings]
+        if len(set(labels)) < len(labels):
+            raise ValueError(f"decodings {labels} repeat a label (greedy ignores temperature): their results "
+                             "would overwrite each other")
+        sampled = any(not d.greedy for d in self.decodings)
+        for m in self.models:
+            if m.best_of_n > 1 and not sampled:
+                raise ValueError(f"model {m.name!r}: best_of_n needs a sampled decoding (greedy gives n equal "
+                                 "samples), and every decoding is greedy")
+            if m.best_of_n > 1 and m.name == self.baseline_name and any(d.greedy for d in self.decodings):
+                raise ValueError(f"baseline {m.name!r} is a best-of-n sampler, which has no greedy responses: "
+                                 "choose another baseline or drop the greedy decoding")
         return self
 
     @property

@@ -82,3 +82,12 @@ def test_sft_sequence_length_is_checked_against_a_tiny_model_at_load():
     with pytest.raises(ConfigError, match="data.max_seq_len 500 exceeds the tiny model's model.tiny.max_positions 128"):
         load_config(SFTConfig, None, ["data.max_seq_len=500"])
     load_config(SFTConfig, None, ["model.path=some/model", "data.max_seq_len=500"])  # a real model: its own limit
+
+
+@pytest.mark.parametrize("temperatures", ["[0.7,0.7]", "[0,1.0]"])
+def test_demo_variant_temperatures_must_be_distinct_and_positive(temperatures):
+    from rlhfkit.config.demo import DemoConfig
+
+    with pytest.raises(ConfigError, match="two distinct positive values"):
+        load_config(DemoConfig, None, [f"sampling.temperatures={temperatures}"])
+

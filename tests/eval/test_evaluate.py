@@ -191,6 +191,15 @@ def test_config_validation_names_the_problem():
     with pytest.raises(ConfigError, match="needs reward_model"):
         validate_config(EvalConfig, {"models": [{"name": "m", "path": "x", "best_of_n": 4}]}, "c")
     assert EvalConfig.model_validate({"models": [{"name": "m", "path": "x"}], "prompts": {"n": 3}}).prompts.split == "test"
+    with pytest.raises(ConfigError, match="repeat a label"):
+        validate_config(EvalConfig, {"models": [{"name": "m", "path": "x"}],
+                                     "decodings": [{"temperature": 1.0}, {"temperature": 1}]}, "c")
+    bon = {"name": "bon", "path": "x", "best_of_n": 4, "bon_scorer": "gold"}
+    with pytest.raises(ConfigError, match="best_of_n needs a sampled decoding"):
+        validate_config(EvalConfig, {"models": [{"name": "m", "path": "x"}, bon], "decodings": [{"greedy": True}]}, "c")
+    with pytest.raises(ConfigError, match="baseline 'bon' is a best-of-n sampler"):
+        validate_config(EvalConfig, {"models": [bon, {"name": "m", "path": "x"}],
+                                     "decodings": [{"greedy": True}, {"temperature": 1.0}]}, "c")
 
 
 def test_report_renders_the_eval_run(evaluated, tmp_path):
