@@ -30,7 +30,8 @@ class JudgeConfig(Section):
     """τ of the simulated annotators: P(a ≻ b) = σ((g_a − g_b)/τ) with g the gold reward."""
     tie_eps: float = Field(0.0, ge=0)
     """Rankings: responses whose gold (simulated) or score (scoring judges) differ by at most this
-    share a rank; scoring judges also call a pair within it a tie."""
+    share a rank; noiseless scoring judges also call a pair within it a tie (with
+    `noise_temperature` their pair and ranking labels are drawn, never tied)."""
     callable: str | None = None
     """`module:function` scoring a list of (prompt, response, finished) tuples → list of floats
     (higher = better); the module must be importable (on `sys.path`)."""
