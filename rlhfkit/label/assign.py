@@ -73,20 +73,22 @@ _PICK = {gold: Prepared(pick) for gold, pick in _PICK_SELECT.items()}
 _BUMP_VALUES = {"n_assigned": T.c.n_assigned + 1, "is_open": (T.c.n_assigned + 1) < T.c.overlap}
 _BUMP = Prepared(update(T).where(T.c.id == bindparam("b_tid"), T.c.is_open.is_(True))
                  .values(_BUMP_VALUES).returning(T.c.n_assigned))
-# Pick and bump in one statement (the pick is a subquery of the UPDATE; `q` aliases the task
-# table so the subquery is not correlated with the row being updated).
-_CLAIM = {gold: Prepared(update(T).where(T.c.id == pick.scalar_subquery(), T.c.is_open.is_(True))
-                         .values(_BUMP_VALUES).returning(T.c.id, T.c.candidate_ids, T.c.n_assigned))
-          for gold, pick in _PICK_SELECT.items()}
+
+
+def _claim_by(pick) -> Prepared:
+    """Pick and bump in one statement (the pick is a subquery of the UPDATE; `q` aliases the task
+    table so the subquery is not correlated with the row being updated)."""
+    return Prepared(update(T).where(T.c.id == pick.scalar_subquery(), T.c.is_open.is_(True))
+                    .values(_BUMP_VALUES).returning(T.c.id, T.c.candidate_ids, T.c.n_assigned))
+
+
+_CLAIM = {gold: _claim_by(pick) for gold, pick in _PICK_SELECT.items()}
 # The same claim passing over tasks that concurrent transactions hold locked (PostgreSQL's
 # SKIP LOCKED; SQLite renders no FOR UPDATE and has one writer at a time anyway). Without it
 # every claimer picks the same lowest open task and queues on its row lock until the holder's
 # commit, fsync included, so claims were serial whatever the number of connections.
-_CLAIM_SKIPPING_LOCKED = {
-    gold: Prepared(update(T).where(T.c.id == pick.with_for_update(skip_locked=True).scalar_subquery(),
-                                   T.c.is_open.is_(True))
-                   .values(_BUMP_VALUES).returning(T.c.id, T.c.candidate_ids, T.c.n_assigned))
-    for gold, pick in _PICK_SELECT.items()}
+_CLAIM_SKIPPING_LOCKED = {gold: _claim_by(pick.with_for_update(skip_locked=True))
+                          for gold, pick in _PICK_SELECT.items()}
 _INSERT_ASSIGNMENT = Prepared(insert(A).values(
     annotator_id=bindparam("annotator_id"), task_id=bindparam("task_id"), seq=bindparam("seq"),
     display_order=bindparam("display_order", type_=JSON), status=bindparam("status"),

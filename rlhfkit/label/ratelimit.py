@@ -103,21 +103,18 @@ class SharedTokenBuckets:
             return 0.0
         offset = self.RECORD.size * key
         with self._lock:
-            return self._take_locked(offset)
-
-    def _take_locked(self, offset: int) -> float:
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        try:
-            now = self.clock()
-            raw = os.pread(self.fd, self.RECORD.size, offset)
-            tokens, last, written = (self.RECORD.unpack(raw) if len(raw) == self.RECORD.size
-                                     else (0.0, 0.0, 0.0))
-            if not written:
-                tokens, last = self.burst, now
-            tokens, wait = take_token(tokens, last, now, self.rate, self.burst)
-            os.pwrite(self.fd, self.RECORD.pack(tokens, now, 1.0), offset)
-        finally:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            try:
+                now = self.clock()
+                raw = os.pread(self.fd, self.RECORD.size, offset)
+                tokens, last, written = (self.RECORD.unpack(raw) if len(raw) == self.RECORD.size
+                                         else (0.0, 0.0, 0.0))
+                if not written:
+                    tokens, last = self.burst, now
+                tokens, wait = take_token(tokens, last, now, self.rate, self.burst)
+                os.pwrite(self.fd, self.RECORD.pack(tokens, now, 1.0), offset)
+            finally:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
         return wait
 
 
