@@ -34,15 +34,16 @@ def _stage(console: Console, index: int, name: str) -> None:
     console.rule(f"[bold]stage {index}/8 · {name}")
 
 
-def collect_preferences(cfg: DemoConfig, out: Path, policy_dir: Path, split: str, n: int,
+def collect_preferences(cfg: DemoConfig, out: Path, policy_dir: Path, policy_name: str, split: str, n: int,
                         tag: str = "") -> dict[str, Any]:
-    """Sample candidates from the two variants and rank them with simulated annotators; returns the
-    labelling summary (with the Bayes ceiling) and the path of the rankings file."""
+    """Sample candidates from the two temperature variants of the policy (provenance
+    `{policy_name}-T{temperature}`) and rank them with simulated annotators; returns the labelling
+    summary (with the Bayes ceiling) and the path of the rankings file."""
     from rlhfkit.eval.label_auto import label_candidates
     from rlhfkit.rollout.candidates import sample_candidates
 
     s = cfg.sampling
-    variants = [{"path": str(policy_dir), "name": f"sft-T{t}", "temperature": t, "seed": cfg.seed + i,
+    variants = [{"path": str(policy_dir), "name": f"{policy_name}-T{t}", "temperature": t, "seed": cfg.seed + i,
                  "samples_per_prompt": s.samples_per_variant} for i, t in enumerate(s.temperatures)]
     candidates = out / "data" / f"candidates-{split}{tag}.jsonl"
     sample_candidates(SampleConfig.model_validate({
@@ -151,14 +152,16 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
 
     labels_eval = None
     train_files: list[str] = []
-    policy = sft_model
+    policy, policy_name = sft_model, "sft"
     for round_no in range(1, cfg.rounds + 1):
         # Round 1 samples from SFT; later rounds from the latest PPO policy, the RM is retrained on
-        # the growing dataset and PPO continues from where it stopped (iterated RLHF, Bai et al.).
+        # the growing dataset and PPO continues from where it stopped, its KL still measured to the
+        # SFT model (iterated RLHF, Bai et al.).
         tag = "" if round_no == 1 else f"-round{round_no}"
         _stage(console, 3, f"sample candidates from two policy variants and label them (round {round_no})")
-        labels = collect_preferences(cfg, out, policy, "train", cfg.sampling.n_train_prompts, tag)
-        labels_eval = labels_eval or collect_preferences(cfg, out, sft_model, "eval", cfg.sampling.n_eval_prompts)
+        labels = collect_preferences(cfg, out, policy, policy_name, "train", cfg.sampling.n_train_prompts, tag)
+        labels_eval = labels_eval or collect_preferences(cfg, out, sft_model, "sft", "eval",
+                                                         cfg.sampling.n_eval_prompts)
         train_files.append(labels["path"])
         runs["rm"], runs["ppo"] = out / f"rm{tag}", out / f"ppo{tag}"
 
@@ -171,9 +174,9 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
 
         _stage(console, 5, f"PPO against the reward model (round {round_no})")
         ppo = train_ppo(_with(cfg.ppo, policy={"path": str(policy)}, run={"out_dir": str(runs["ppo"]), "seed": cfg.seed},
-                              reward={"rm_paths": [str(runs["rm"] / "model")]},
+                              reward={"rm_paths": [str(runs["rm"] / "model")]}, kl={"reference_path": str(sft_model)},
                               data={"task": TASK, "task_seed": cfg.seed}))
-        policy = runs["ppo"] / "model"
+        policy, policy_name = runs["ppo"] / "model", f"ppo-round{round_no}"
 
     _stage(console, 6, "evaluate SFT vs PPO with the gold judge")
     evaluation = evaluate_sft_vs_ppo(cfg, out, sft_model, runs["ppo"] / "model", runs["rm"] / "model")

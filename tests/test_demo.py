@@ -3,10 +3,12 @@
 import json
 
 import pytest
+import yaml
 
 from rlhfkit.config.base import load_config
 from rlhfkit.config.demo import DemoConfig
 from rlhfkit.demo import run_demo
+from rlhfkit.rundir import read_metrics
 
 REDUCED = [
     "sft.data.n_train=2400", "sft.epochs=3", "sft.eval.n_sample_prompts=32",
@@ -49,7 +51,13 @@ def test_iterated_rounds_grow_the_preference_data_and_continue_ppo(tmp_path):
     assert lines("rankings-train-all-round2.jsonl") == lines("rankings-train.jsonl") + lines("rankings-train-round2.jsonl")
     cfg = (tmp_path / "sample-train-round2" / "config.yaml").read_text()
     assert str(tmp_path / "ppo" / "model") in cfg  # round 2 samples from the round-1 PPO policy
-    ppo2 = (tmp_path / "ppo-round2" / "config.yaml").read_text()
-    assert str(tmp_path / "ppo" / "model") in ppo2 and str(tmp_path / "rm-round2" / "model") in ppo2
+    candidates = [json.loads(line) for line in (data / "candidates-train-round2.jsonl").read_text().splitlines()]
+    assert {c["provenance"]["model"] for record in candidates for c in record["candidates"]} == {"ppo-round1-T0.7", "ppo-round1-T1.0"}
+    ppo2 = yaml.safe_load((tmp_path / "ppo-round2" / "config.yaml").read_text())
+    assert ppo2["policy"]["path"] == str(tmp_path / "ppo" / "model")
+    assert ppo2["reward"]["rm_paths"] == [str(tmp_path / "rm-round2" / "model")]
+    assert ppo2["kl"]["reference_path"] == str(tmp_path / "sft" / "model")  # KL still to SFT, not round 1's PPO
+    first_step = next(row for row in read_metrics(tmp_path / "ppo-round2") if "kl/ref" in row)
+    assert first_step["kl/ref"] > 0.01  # the policy starts away from it
     assert summary["rounds"] == 2 and summary["runs"]["ppo"].endswith("ppo-round2")
     assert (tmp_path / "report.html").exists()

@@ -90,7 +90,8 @@ class DemoConfig(Section):
     """Seed of the task generator and of every stage."""
     rounds: int = Field(1, ge=1)
     """Rounds of iterated RLHF: each round after the first samples new candidates from the latest
-    PPO policy, labels them, retrains the RM on all preferences so far and continues PPO."""
+    PPO policy, labels them, retrains the RM on all preferences so far and continues PPO from the
+    latest PPO policy, its KL still measured to the SFT model (`ppo.kl.reference_path`)."""
     num_threads: int | None = Field(None, gt=0)
     """Torch CPU threads for every stage; null = torch's default (one per core)."""
     sft: SFTConfig = SFTConfig(

@@ -145,6 +145,11 @@ class KLConfig(Section):
     """Stop the run when the sequence KL to the reference exceeds this (nats); null = never."""
     ref_refresh_every: int | None = Field(None, gt=0)
     """Copy the policy into the reference every N steps (not with LoRA); null = never."""
+    reference_path: str | None = None
+    """Model directory of the reference π_ref; null = the policy's starting weights (`policy.path`).
+    Set it when PPO continues from an earlier PPO model and the KL should still be measured to the
+    SFT model (iterated RLHF). It must have the policy's tokenizer; with LoRA it is a separate
+    frozen model instead of the policy's base weights."""
 
 
 class VLLMConfig(Section):

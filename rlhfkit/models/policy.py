@@ -125,22 +125,22 @@ def critic_from_reward_model(reward_model, policy_tokenizer) -> Critic:
     return Critic(trunk, head)
 
 
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A deep copy in eval mode with gradients off: the reference policy."""
-    ref = copy.deepcopy(model)
-    ref.eval()
-    for param in ref.parameters():
+def freeze(model: nn.Module) -> nn.Module:
+    """`model` itself, in eval mode with gradients off: the reference policy."""
+    model.eval()
+    for param in model.parameters():
         param.requires_grad_(False)
-    return ref
+    return model
 
 
 class Reference:
-    """The reference policy π_ref: a frozen copy of the SFT model, or — with LoRA — the policy's
-    own base weights with the adapters switched off (no second copy in memory)."""
+    """The reference policy π_ref: a frozen model (a copy of the SFT model, or one loaded from its own
+    directory), or — with LoRA and no model of its own — the policy's base weights with the
+    adapters switched off (no second copy in memory)."""
 
-    def __init__(self, policy: PolicyWithValueHead, use_adapters: bool):
-        self._policy = policy if use_adapters else None
-        self.model = None if use_adapters else frozen_copy(policy.lm)
+    def __init__(self, policy: PolicyWithValueHead, model: nn.Module | None):
+        self._policy = policy if model is None else None
+        self.model = None if model is None else freeze(model)
 
     @contextmanager
     def _lm(self, policy: PolicyWithValueHead | None):

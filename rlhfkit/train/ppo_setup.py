@@ -5,6 +5,7 @@ the config of a component.
 
 from __future__ import annotations
 
+import copy
 import importlib
 from collections import Counter
 from dataclasses import dataclass
@@ -71,19 +72,39 @@ def load_prompts(cfg: PPOConfig, task, tokenizer, split: str, n: int, skips: Cou
 
 def build_policy(cfg: PPOConfig, with_value_head: bool):
     """(policy, reference, tokenizer): the SFT model (dropout off, LoRA optional) wrapped with an
-    optional value head, and the reference (frozen copy, or the adapters switched off)."""
+    optional value head, and the reference: the model of `kl.reference_path`, or else a frozen copy
+    of the starting weights (with LoRA, those weights with the adapters switched off)."""
     if not cfg.policy.path:
         raise ValueError("policy.path must point at the SFT model (the SFT stage's RUN/model)")
     lm, tokenizer = load_causal_lm(cfg.policy.path), load_tokenizer(cfg.policy.path)
-    if cfg.attention:
-        lm.set_attn_implementation(cfg.attention)
-    if cfg.policy.disable_dropout:
-        disable_dropout(lm)
-    use_lora = cfg.policy.lora.enabled
-    if use_lora:
+    reference = load_reference_lm(cfg.kl.reference_path, lm, tokenizer) if cfg.kl.reference_path else None
+    if reference is None and not cfg.policy.lora.enabled:
+        reference = copy.deepcopy(lm)
+    for model in (m for m in (lm, reference) if m is not None):
+        if cfg.attention:
+            model.set_attn_implementation(cfg.attention)
+        if cfg.policy.disable_dropout:
+            disable_dropout(model)
+    if cfg.policy.lora.enabled:
         lm = apply_lora(lm, cfg.policy.lora)
     policy = PolicyWithValueHead(lm, with_value_head)
-    return policy, Reference(policy, use_adapters=use_lora), tokenizer
+    return policy, Reference(policy, reference), tokenizer
+
+
+def load_reference_lm(path: str, policy_lm, tokenizer):
+    """The reference model of `kl.reference_path`, checked to share the policy's vocabulary: the
+    KL compares the two models' next-token distributions token by token."""
+    reference_tokenizer = load_tokenizer(path)
+    if reference_tokenizer.get_vocab() != tokenizer.get_vocab() or \
+            reference_tokenizer.eos_token_id != tokenizer.eos_token_id:
+        raise ValueError(f"kl.reference_path {path}: its tokenizer differs from the policy's (policy.path); "
+                         "the reference must read and predict the policy's tokens")
+    reference = load_causal_lm(path)
+    ref_vocab = reference.get_output_embeddings().weight.shape[0]
+    policy_vocab = policy_lm.get_output_embeddings().weight.shape[0]
+    if ref_vocab != policy_vocab:
+        raise ValueError(f"kl.reference_path {path}: {ref_vocab} output logits, the policy has {policy_vocab}")
+    return reference
 
 
 def build_rollout_engine(cfg: PPOConfig, lm, tokenizer, accelerator) -> RolloutEngine:
