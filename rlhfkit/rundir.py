@@ -172,11 +172,14 @@ class Progress:
         self._bar = None
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.console import Console
             from rich.progress import Progress as RichProgress
 
+            # On stderr, so that stdout stays clean for results (`rlhfkit eval cfg > summary.json`).
             self._bar = RichProgress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                console=Console(stderr=True),
             )
             self._task = self._bar.add_task(description, total=total, completed=completed, info="")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Sequence
 
@@ -68,17 +69,18 @@ def best_of_n_curve(proxy: np.ndarray, gold: np.ndarray, ns: Sequence[int] | Non
 
 
 def sample_bon_scores(model, tokenizer, prompts: Sequence, n_samples: int, rm, task, *, temperature: float,
-                      max_new_tokens: int, batch_size: int = 64, head: int | None = None) -> tuple[np.ndarray,
-                                                                                                    np.ndarray]:
+                      max_new_tokens: int, batch_size: int = 64, head: int | None = None,
+                      on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(proxy, gold), each (P, n_samples): the RM score (head `head`, or the mean over heads) and the
-    task's gold reward of n_samples responses per prompt sampled at `temperature`."""
+    task's gold reward of n_samples responses per prompt sampled at `temperature`; `on_batch(k)` is
+    called after each batch of k samples (progress)."""
     from rlhfkit.config.eval import DecodingSpec
     from rlhfkit.eval.evaluate import generate_responses
     from rlhfkit.models.text import plain_prompt_text
 
     repeated = [p for p in prompts for _ in range(n_samples)]
     resp = generate_responses(model, tokenizer, repeated, DecodingSpec(temperature=temperature), max_new_tokens,
-                              batch_size)
+                              batch_size, on_batch=on_batch)
     scores = rm.score_texts(repeated, resp.texts, resp.finished)
     proxy = scores.mean(1) if head is None else scores[:, head]
     gold = task.gold_rewards([plain_prompt_text(p) for p in repeated], resp.texts, resp.finished)
@@ -89,9 +91,11 @@ def sample_bon_scores(model, tokenizer, prompts: Sequence, n_samples: int, rm, t
 def best_of_n_study(model_dir: str | Path, reward_model_dir: str | Path, *, task: str = "reviews",
                     task_seed: int = 0, split: str = "test", n_prompts: int = 64, n_max: int = 64,
                     n_samples: int | None = None, temperature: float = 1.0, max_new_tokens: int = 48,
-                    head: int | None = None, seed: int = 0, out_path: str | Path | None = None) -> dict:
+                    head: int | None = None, seed: int = 0, out_path: str | Path | None = None,
+                    progress: bool = True) -> dict:
     """Sample, score and tabulate the best-of-n curve of a base model (e.g. `runs/sft`) under a
-    proxy RM, with gold scores from the built-in task; optionally write it as JSON.
+    proxy RM, with gold scores from the built-in task; optionally write it as JSON. `progress`
+    shows a bar over the samples drawn.
 
     Returns {"points": [BonPoint.to_dict()…], "n_prompts", "n_samples", "temperature", "model",
     "reward_model"}; `overoptimisation_study(bon=…)` accepts the dict, its points or the JSON path.
@@ -99,6 +103,7 @@ def best_of_n_study(model_dir: str | Path, reward_model_dir: str | Path, *, task
     from rlhfkit.eval.evaluate import resolve_model_dir
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
     from rlhfkit.models.reward import load_reward_model
+    from rlhfkit.rundir import Progress
     from rlhfkit.tasks import get_task
 
     n_samples = n_samples or n_max
@@ -110,8 +115,9 @@ def best_of_n_study(model_dir: str | Path, reward_model_dir: str | Path, *, task
     gold_task = get_task(task, seed=task_seed)
     prompts = [r.prompt for r in gold_task.prompts(split, n_prompts)]
     torch.manual_seed(seed)
-    proxy, gold = sample_bon_scores(model, tokenizer, prompts, n_samples, rm, gold_task, temperature=temperature,
-                                    max_new_tokens=max_new_tokens, head=head)
+    with Progress(len(prompts) * n_samples, "best-of-n", progress) as bar:
+        proxy, gold = sample_bon_scores(model, tokenizer, prompts, n_samples, rm, gold_task, temperature=temperature,
+                                        max_new_tokens=max_new_tokens, head=head, on_batch=bar.update)
     result = {"points": [p.to_dict() for p in best_of_n_curve(proxy, gold, bon_ns(n_max))],
               "n_prompts": len(prompts), "n_samples": n_samples, "temperature": temperature,
               "model": str(path), "reward_model": str(reward_model_dir)}

@@ -15,7 +15,8 @@ per prompt and reports:
 * held-out perplexity on SFT data (forgetting), once per model.
 
 The run directory holds `config.yaml`, `summary.json` and `samples.jsonl` (one row per decoding
-and prompt with every model's response side by side).
+and prompt with every model's response side by side). With `run.progress`, one bar counts the
+sequences generated, scored and judged, and the held-out demonstrations, naming the work under way.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ import math
 import statistics
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +42,9 @@ from rlhfkit.eval.judges import (CallableJudge, GoldJudge, RewardModelJudge, jud
                                  preference_from_scores)
 from rlhfkit.eval.stats import bradley_terry, distinct_n, length_matched_win_rate, win_rate
 from rlhfkit.models.text import decode_response, encode_prompt, plain_prompt_text
+
+if TYPE_CHECKING:
+    from rlhfkit.rundir import Progress
 
 BT_RIDGE = 0.01
 """L2 penalty of the Bradley–Terry fit (a N(0, 100) prior on log-strengths): keeps the scores
@@ -83,9 +89,10 @@ def response_logprobs(lm, rollout, temperature: float) -> torch.Tensor:
 
 @torch.no_grad()
 def generate_responses(model, tokenizer, prompts: Sequence, decoding: DecodingSpec, max_new_tokens: int,
-                       batch_size: int, reference=None) -> Responses:
+                       batch_size: int, reference=None, on_batch: Callable[[int], None] | None = None) -> Responses:
     """One response per prompt; with a `reference` (sharing the tokenizer) and sampled decoding,
-    also the per-response KL Σ_t [log π − log π_ref] (k1 summed over the response, nats)."""
+    also the per-response KL Σ_t [log π − log π_ref] (k1 summed over the response, nats).
+    `on_batch(n)` is called after each batch of n prompts (progress)."""
     from rlhfkit.rollout.generate import generate
 
     model.eval()
@@ -107,15 +114,19 @@ def generate_responses(model, tokenizer, prompts: Sequence, decoding: DecodingSp
             diff = (response_logprobs(model, rollout, decoding.temperature)
                     - response_logprobs(reference, rollout, decoding.temperature))
             out.kl.extend(diff.sum(1).tolist())
+        if on_batch is not None:
+            on_batch(len(chunk))
     return out
 
 
 def best_of_n_responses(model, tokenizer, prompts: Sequence, n: int, scorer, decoding: DecodingSpec,
-                        max_new_tokens: int, batch_size: int) -> Responses:
+                        max_new_tokens: int, batch_size: int,
+                        on_batch: Callable[[int], None] | None = None) -> Responses:
     """Best-of-n sampling: n responses per prompt, keep the one `scorer(prompts, texts, finished)`
-    (→ one float each) ranks highest (the first on ties)."""
+    (→ one float each) ranks highest (the first on ties); `on_batch(k)` after each batch of k samples."""
     repeated = [p for p in prompts for _ in range(n)]
-    pool = generate_responses(model, tokenizer, repeated, decoding, max_new_tokens, batch_size)
+    pool = generate_responses(model, tokenizer, repeated, decoding, max_new_tokens, batch_size,
+                              on_batch=on_batch)
     scores = np.asarray(scorer(repeated, pool.texts, pool.finished), dtype=float).reshape(len(prompts), n)
     picks = [i * n + int(j) for i, j in enumerate(scores.argmax(1))]
     return Responses([pool.texts[i] for i in picks], [pool.finished[i] for i in picks],
@@ -283,8 +294,37 @@ def _bon_scorer(spec: EvalModelSpec, ctx: _Context):
     return lambda ps, ts, fs: ctx.rm.score_texts(list(ps), ts, fs, batch_size=ctx.cfg.batch_size).mean(1).tolist()
 
 
-def evaluate_model(spec: EvalModelSpec, ctx: _Context) -> tuple[dict[str, Responses], dict]:
-    """(decoding label → responses, model info incl. perplexity) of one model entry."""
+def _sampled_under(spec: EvalModelSpec, decoding: DecodingSpec) -> bool:
+    """Whether a model entry has responses under a decoding: n greedy samples are one sample, so a
+    best-of-n sampler needs a sampled decoding."""
+    return spec.best_of_n == 1 or not decoding.greedy
+
+
+def _progress_total(ctx: _Context) -> int:
+    """Units of the progress bar, as `evaluate_model` and `summarize_decoding` advance it: sequences
+    generated (n per prompt for best-of-n), held-out demonstrations, and per decoding the responses
+    scored, judged against the baseline's and judged pairwise for Bradley–Terry."""
+    cfg, n = ctx.cfg, len(ctx.prompts)
+    total = sum(n * s.best_of_n for s in cfg.models for d in cfg.decodings if _sampled_under(s, d))
+    total += len(ctx.sft_records) * sum(s.best_of_n == 1 for s in cfg.models)
+    for d in cfg.decodings:
+        names = [s.name for s in cfg.models if _sampled_under(s, d)]
+        judged = len(names) - 1 if cfg.baseline_name in names else 0
+        pairs = math.comb(len(names), 2) if cfg.all_pairs and len(names) > 2 else 0
+        total += n * (len(names) + judged + pairs)
+    return total
+
+
+def _step(bar: Progress, **info: str) -> Callable[[int], None]:
+    """`bar.update` labelled with the work about to run: the label shows now, and every advance
+    keeps it (an update without labels would clear them)."""
+    bar.update(0, **info)
+    return partial(bar.update, **info)
+
+
+def evaluate_model(spec: EvalModelSpec, ctx: _Context, bar: Progress) -> tuple[dict[str, Responses], dict]:
+    """(decoding label → responses, model info incl. perplexity) of one model entry; advances `bar`
+    by each sequence generated and each held-out demonstration."""
     from rlhfkit.algos.bon import best_of_n_kl
 
     cfg = ctx.cfg
@@ -293,34 +333,41 @@ def evaluate_model(spec: EvalModelSpec, ctx: _Context) -> tuple[dict[str, Respon
     info: dict[str, Any] = {"path": str(resolve_model_dir(spec.path)), "best_of_n": spec.best_of_n}
     out: dict[str, Responses] = {}
     for decoding in cfg.decodings:
-        if spec.best_of_n > 1 and decoding.greedy:
-            continue  # n greedy samples are one sample: best-of-n needs sampling
+        if not _sampled_under(spec, decoding):
+            continue
         torch.manual_seed(derive_seed(cfg.seed, spec.name, decoding.label))
+        step = _step(bar, stage="generate", model=spec.name, decoding=decoding.label)
         if spec.best_of_n > 1:
             out[decoding.label] = best_of_n_responses(model, tokenizer, ctx.prompts, spec.best_of_n,
                                                       _bon_scorer(spec, ctx), decoding, cfg.max_new_tokens,
-                                                      cfg.batch_size)
+                                                      cfg.batch_size, on_batch=step)
             out[decoding.label].kl = [best_of_n_kl(spec.best_of_n)] * len(ctx.prompts)
         else:
             out[decoding.label] = generate_responses(model, tokenizer, ctx.prompts, decoding, cfg.max_new_tokens,
-                                                     cfg.batch_size, ctx.reference if same_vocab else None)
+                                                     cfg.batch_size, ctx.reference if same_vocab else None,
+                                                     on_batch=step)
     if ctx.reference is not None and not same_vocab and spec.best_of_n == 1:
         info["kl_note"] = "tokenizer differs from the reference's; KL not measured"
     if ctx.sft_records and spec.best_of_n == 1:
+        step = _step(bar, stage="perplexity", model=spec.name)
         info["perplexity"] = held_out_perplexity(model, tokenizer, ctx.sft_records, cfg.perplexity.max_seq_len,
                                                  cfg.batch_size)
+        step(len(ctx.sft_records))
     return out, info
 
 
 def summarize_decoding(decoding: DecodingSpec, responses: dict[str, Responses], infos: dict[str, dict],
-                       judge, ctx: _Context) -> tuple[dict, list[dict]]:
-    """(summary of one decoding, its side-by-side sample rows)."""
+                       judge, ctx: _Context, bar: Progress) -> tuple[dict, list[dict]]:
+    """(summary of one decoding, its side-by-side sample rows); advances `bar` by each response
+    scored and each comparison judged."""
     cfg, prompts = ctx.cfg, ctx.prompts
     baseline = cfg.baseline_name
     models, per = {}, {}
     for name, resp in responses.items():
+        step = _step(bar, stage="score", model=name, decoding=decoding.label)
         models[name], per[name] = response_metrics(prompts, resp, ctx.rm, ctx.task, cfg.distinct_n,
                                                       cfg.batch_size)
+        step(len(prompts))
         if infos[name]["best_of_n"] > 1:
             models[name]["kl_method"] = "analytic_bon"
     summary: dict[str, Any] = {"greedy": decoding.greedy, "temperature": 0.0 if decoding.greedy else
@@ -329,10 +376,14 @@ def summarize_decoding(decoding: DecodingSpec, responses: dict[str, Responses], 
     if baseline in responses:
         for name, resp in responses.items():
             if name != baseline:
+                step = _step(bar, stage="judge", model=name, decoding=decoding.label)
                 summary["win_rate"][name], judged[name] = compare_to_baseline(
                     judge, prompts, resp, responses[baseline], cfg.confidence)
+                step(len(prompts))
     if cfg.all_pairs and len(responses) > 2:
+        step = _step(bar, stage="judge all pairs", decoding=decoding.label)
         summary["bradley_terry"] = bradley_terry_scores(judge, prompts, responses)
+        step(len(prompts) * math.comb(len(responses), 2))
     rows = []
     for i, prompt in enumerate(prompts):
         row = {"decoding": decoding.label, "temperature": summary["temperature"], "prompt": _prompt_json(prompt),
@@ -402,7 +453,7 @@ def _context(cfg: EvalConfig) -> _Context:
 def evaluate_models(cfg: EvalConfig) -> dict:
     """Evaluate every model of `cfg` (see the module docstring); write the run directory and return
     the summary."""
-    from rlhfkit.rundir import RunDir, seed_everything
+    from rlhfkit.rundir import Progress, RunDir, seed_everything
 
     if cfg.run.num_threads:
         torch.set_num_threads(cfg.run.num_threads)
@@ -413,24 +464,27 @@ def evaluate_models(cfg: EvalConfig) -> dict:
     run.save_config(config_to_dict(cfg), {"n_prompts": len(ctx.prompts), "prompt_source": ctx.prompt_source})
     responses: dict[str, dict[str, Responses]] = {d.label: {} for d in cfg.decodings}
     infos: dict[str, dict] = {}
-    for spec in cfg.models:
-        per_decoding, infos[spec.name] = evaluate_model(spec, ctx)
-        for label, resp in per_decoding.items():
-            responses[label][spec.name] = resp
-    summary: dict[str, Any] = {
-        "baseline": cfg.baseline_name, "judge": getattr(base_judge, "name", cfg.judge.callable),
-        "reference": str(ctx.reference_path),
-        "prompt_source": ctx.prompt_source, "n_prompts": len(ctx.prompts), "max_new_tokens": cfg.max_new_tokens,
-        "confidence": cfg.confidence, "models": infos, "decodings": {},
-    }
-    samples_path = Path(cfg.run.out_dir) / "samples.jsonl"
-    with open(samples_path, "w") as fh:
-        for decoding in cfg.decodings:
-            judge = _judge_for(base_judge, ctx.prompts, responses[decoding.label])
-            summary["decodings"][decoding.label], rows = summarize_decoding(
-                decoding, responses[decoding.label], infos, judge, ctx)
-            for row in rows:
-                fh.write(json.dumps(_finite(row), default=str) + "\n")
+    # Single process (no Accelerate here), so the flag alone decides whether the bar shows.
+    with Progress(_progress_total(ctx), "eval", cfg.run.progress) as bar:
+        for spec in cfg.models:
+            per_decoding, infos[spec.name] = evaluate_model(spec, ctx, bar)
+            for label, resp in per_decoding.items():
+                responses[label][spec.name] = resp
+        summary: dict[str, Any] = {
+            "baseline": cfg.baseline_name, "judge": getattr(base_judge, "name", cfg.judge.callable),
+            "reference": str(ctx.reference_path),
+            "prompt_source": ctx.prompt_source, "n_prompts": len(ctx.prompts), "max_new_tokens": cfg.max_new_tokens,
+            "confidence": cfg.confidence, "models": infos, "decodings": {},
+        }
+        samples_path = Path(cfg.run.out_dir) / "samples.jsonl"
+        with open(samples_path, "w") as fh:
+            for decoding in cfg.decodings:
+                bar.update(0, stage="judge", decoding=decoding.label)  # a scoring judge scores every response here
+                judge = _judge_for(base_judge, ctx.prompts, responses[decoding.label])
+                summary["decodings"][decoding.label], rows = summarize_decoding(
+                    decoding, responses[decoding.label], infos, judge, ctx, bar)
+                for row in rows:
+                    fh.write(json.dumps(_finite(row), default=str) + "\n")
     summary = _finite(summary)
     run.write_summary(summary)
     run.close()

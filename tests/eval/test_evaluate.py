@@ -16,6 +16,7 @@ from rlhfkit.config.eval import EvalConfig
 from rlhfkit.eval.evaluate import (Responses, ScoredJudge, _context, build_judge, comparison_scores,
                                    evaluate_models)
 from rlhfkit.eval.judges import GoldJudge
+from rlhfkit.rundir import Progress
 from rlhfkit.tasks import get_task
 
 N_PROMPTS = 8
@@ -252,3 +253,59 @@ def test_reward_model_scores_batch_size_responses_per_forward(model_dirs, bf16_d
                             perplexity={"n": 0}, batch_size=3))
     # Best-of-2 ranks 2 × 8 samples, then the RM scores each model's 8 responses (judge: gold, no RM).
     assert rows == [3, 3, 3, 3, 3, 1] + [3, 3, 2] * 2
+
+
+class RecordingProgress:
+    """Stands in for `rlhfkit.rundir.Progress`: wraps a real (enabled) bar and records its total,
+    the sum of its advances and the labels it showed."""
+
+    bars: list = []
+
+    def __init__(self, total, description, enabled, completed=0):
+        self.bar = Progress(total, description, enabled, completed)
+        self.total, self.done, self.enabled, self.labels = total, completed, enabled, []
+        RecordingProgress.bars.append(self)
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def update(self, advance=1, **info):
+        self.bar.update(advance, **info)
+        self.done += advance
+        self.labels.append(info)
+
+    def __exit__(self, *exc):
+        self.bar.__exit__(*exc)
+
+
+def test_progress_bar_reaches_its_total(model_dirs, tmp_path, monkeypatch):
+    monkeypatch.setattr("rlhfkit.rundir.Progress", RecordingProgress)
+    monkeypatch.setattr(RecordingProgress, "bars", [])
+    models = [{"name": "a", "path": model_dirs["a"]}, {"name": "b", "path": model_dirs["b"]},
+              {"name": "bon", "path": model_dirs["a"], "best_of_n": 2, "bon_scorer": "gold"}]
+    cfg = _config(tmp_path, models, perplexity={"n": 4})
+    evaluate_models(cfg.model_copy(update={"run": cfg.run.model_copy(update={"progress": True})}))
+    (bar,) = RecordingProgress.bars
+    # Counted by hand, 8 prompts. Generated: a, b 8 greedy + 8 sampled each, bon 2 × 8 sampled = 48.
+    # Perplexity: 4 demonstrations for a and b = 8 (best-of-n has none). Greedy: 2 models scored +
+    # b judged against a = 24. T=1: 3 scored + 2 judged + 3 Bradley–Terry pairs = 64.
+    assert bar.enabled and bar.total == 48 + 8 + 24 + 64
+    assert bar.done == bar.total
+    shown = {(label.get("stage"), label.get("model"), label.get("decoding")) for label in bar.labels}
+    assert {("generate", "bon", "T=1"), ("perplexity", "b", None), ("judge", "b", "greedy")} <= shown
+    assert ("generate", "bon", "greedy") not in shown  # best-of-n has no greedy responses
+
+
+def test_best_of_n_study_progress_reaches_its_total(model_dirs, tmp_path, monkeypatch):
+    from rlhfkit.eval.bon import best_of_n_study
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+    from rlhfkit.models.reward import RewardModel
+
+    rm_dir = tmp_path / "rm"
+    RewardModel.from_causal_lm(load_causal_lm(model_dirs["b"]), load_tokenizer(model_dirs["b"])).save(rm_dir)
+    monkeypatch.setattr("rlhfkit.rundir.Progress", RecordingProgress)
+    monkeypatch.setattr(RecordingProgress, "bars", [])
+    best_of_n_study(model_dirs["a"], rm_dir, n_prompts=3, n_max=4, max_new_tokens=4)
+    (bar,) = RecordingProgress.bars
+    assert bar.enabled and bar.total == 3 * 4 and bar.done == bar.total

@@ -2,7 +2,7 @@
 
 import json
 
-from rlhfkit.rundir import RunDir, read_metrics
+from rlhfkit.rundir import Progress, RunDir, read_metrics
 from rlhfkit.train.run import checkpoint_to_resume, latest_checkpoint
 
 
@@ -46,3 +46,12 @@ def test_a_fresh_start_clears_old_logs_and_refuses_old_checkpoints(tmp_path):
     assert checkpoint_to_resume(run, resume=True) == done and len(read_metrics(tmp_path)) == 1
     with pytest.raises(ValueError, match="step-00000004.*run.resume=false"):
         checkpoint_to_resume(run, resume=False)
+
+
+def test_progress_bar_writes_to_stderr_not_stdout(capsys):
+    """stdout carries results (`rlhfkit eval cfg > summary.json`); the bar must not mix into it."""
+    with Progress(3, "work", enabled=True) as bar:
+        for _ in range(3):
+            bar.update(loss=0.5)
+    out, err = capsys.readouterr()
+    assert out == "" and "work" in err and "3/3" in err
