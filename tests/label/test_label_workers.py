@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import http.client
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -143,22 +145,70 @@ def test_two_worker_processes_serve_one_store(tmp_path):
     assert sum(map(len, acked.values())) == len(voted) == len({t for (t,) in voted}) == 400
 
 
+@contextmanager
+def _paused(pid: int):
+    """Process `pid` stopped (SIGSTOP) for the block: it accepts no connection meanwhile, so the
+    listening socket the workers share hands every new one to the other worker."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 10
+        # kill() only queues the signal: wait until the process has stopped (state T).
+        while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            assert time.monotonic() < deadline, f"process {pid} did not stop"
+            time.sleep(0.001)
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def _server_end_owner(conn: http.client.HTTPConnection, port: int, pids: list[int]) -> int | None:
+    """Which of `pids` holds the server end of the open connection `conn` to 127.0.0.1:`port`:
+    its socket inode from /proc/net/tcp, then the process with a descriptor on that inode."""
+    ends = (f"{port:04X}", f"{conn.sock.getsockname()[1]:04X}")  # (local, remote) ports, in hex
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    sockets = {f"socket:[{r[9]}]" for r in rows if (r[1][-4:], r[2][-4:]) == ends}
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) in sockets:
+                    return pid
+            except OSError:  # a descriptor closed since the listing
+                continue
+    return None
+
+
 def test_rate_limit_holds_across_worker_processes(tmp_path):
     directory = tmp_path / "proj"
     engine = store.open_store(store.default_url(directory))
     projects.create_project(engine, "rl", "pairwise", candidate_sets(2))
     token = projects.add_annotator(engine, "rl", "alice")
     engine.dispose()
-    port = free_port()
+    port, burst = free_port(), 20
+    # 0.001 a minute: the bucket refills nothing measurable during the test.
     proc = start_server(directory, port, "--workers", "2", "--rate-limit-per-minute", "0.001",
-                        "--rate-limit-burst", "20")
-    statuses = []
+                        "--rate-limit-burst", str(burst))
+    statuses, served_by = [], []
     try:
-        for _ in range(40):  # a new connection each time: the two workers share the requests
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            c.request("GET", "/api/v1/me", headers={"Authorization": f"Bearer {token}"})
-            statuses.append(c.getresponse().status)
-            c.close()
+        workers = _workers_of(proc.pid)
+        assert len(workers) == 2
+        # Left alone, the kernel often hands every connection to the same worker, and per-process
+        # buckets would pass. So the workers take turns: the other one is paused during each
+        # request, and each worker gets `burst` requests, a full bucket's worth on its own.
+        for i in range(2 * burst):
+            with _paused(workers[1 - i % 2]):
+                # A long timeout: the second worker may still be starting when /healthz answers.
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                try:
+                    c.request("GET", "/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+                    resp = c.getresponse()
+                    resp.read()
+                    statuses.append(resp.status)
+                    served_by.append(_server_end_owner(c, port, workers))  # still open: keep-alive
+                finally:
+                    c.close()
     finally:
         _stop(proc)
-    assert statuses.count(200) == 20 and statuses.count(429) == 20
+    assert served_by == [workers[i % 2] for i in range(2 * burst)]  # seen, not just arranged
+    # One bucket across the workers: the first `burst` requests pass, the rest are refused. With
+    # a bucket per process each worker would pass all its `burst` requests: 2 × burst 200s.
+    assert statuses == [200] * burst + [429] * burst
