@@ -55,3 +55,33 @@ def test_progress_bar_writes_to_stderr_not_stdout(capsys):
             bar.update(loss=0.5)
     out, err = capsys.readouterr()
     assert out == "" and "work" in err and "3/3" in err
+
+
+def test_resume_keeps_this_runs_optimizer_kernel(tmp_path):
+    """A checkpoint whose optimiser groups say `fused: False` (written before AdamW was fused)
+    restores the moments and step but keeps the fused kernel this run built."""
+    import torch
+    from accelerate import Accelerator
+
+    from rlhfkit.train.run import load_checkpoint, save_checkpoint
+
+    def prepared():
+        accelerator = Accelerator(cpu=True)
+        model = torch.nn.Linear(4, 2)
+        opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+        return accelerator, *accelerator.prepare(model, opt)
+
+    accelerator, model, opt = prepared()
+    model(torch.ones(3, 4)).sum().backward()
+    opt.step()
+    path = save_checkpoint(accelerator, RunDir(tmp_path, tensorboard=False), 1, {"step": 1}, keep=1)
+    saved = torch.load(path / "optimizer.bin", weights_only=True)
+    for group in saved["param_groups"]:
+        group.update(fused=None, foreach=None)  # how the older, unfused runs saved them
+    torch.save(saved, path / "optimizer.bin")
+
+    accelerator, model, opt = prepared()
+    assert load_checkpoint(accelerator, path) == {"step": 1}
+    assert all(group["fused"] is True for group in opt.param_groups)
+    moments = [opt.state[p]["exp_avg"] for p in model.parameters()]
+    torch.testing.assert_close(moments, [saved["state"][i]["exp_avg"] for i in range(2)])
