@@ -15,6 +15,11 @@ SIMULATED_TEMPERATURE = 0.85
 
 JudgeKind = Literal["simulated", "callable", "reward_model"]
 
+PAIR_STRENGTH_FIELDS = ("strength_cuts", "strength_margins")
+"""`JudgeLabelConfig` fields read only by pairwise labelling with margin=strength."""
+PAIR_FIELDS = ("pairs", "margin", *PAIR_STRENGTH_FIELDS)
+"""`JudgeLabelConfig` fields read only by pairwise labelling (`label_pairs`)."""
+
 
 class JudgeConfig(Section):
     """Who labels: the built-in task's simulated annotators, a Python scoring function, or a reward
@@ -68,16 +73,21 @@ class JudgeLabelConfig(Section):
     """Label type: `PreferencePair`s, one K-way `Ranking` per set (ties allowed), or a 1–5 `Rating`
     per candidate."""
     pairs: Literal["all", "one"] = "all"
-    """Pairwise: label every pair of a set's candidates (K(K−1)/2), or one random pair per set."""
+    """Pairwise: label every pair of a set's candidates (K(K−1)/2), or one random pair per set.
+    This and the margin fields below must keep their defaults in the other modes, which ignore
+    them."""
     labels_per_set: int = Field(1, gt=0)
     """Annotators labelling each set (≤ judge.n_annotators); > 1 gives overlap for agreement."""
     margin: Literal["none", "strength", "score_gap"] = "none"
-    """Pair margin: none; `strength` = `strength_margins[level]`, the level cut from the judge's
-    P(chosen ≻ rejected) at `strength_cuts`; `score_gap` = |s_chosen − s_rejected| (scoring judges)."""
+    """Pairwise: the pair margin: none; `strength` = `strength_margins[level]`, the level cut from
+    the judge's P(chosen ≻ rejected) at `strength_cuts`; `score_gap` = |s_chosen − s_rejected|
+    (scoring judges)."""
     strength_cuts: tuple[float, float, float] = (0.6, 0.75, 0.9)
-    """P(chosen ≻ rejected) at which the strength level rises to 1, 2 and 3 (0 = negligible)."""
+    """margin=strength: P(chosen ≻ rejected) at which the strength level rises to 1, 2 and 3
+    (0 = negligible)."""
     strength_margins: tuple[float, float, float, float] = (0.0, 1 / 3, 2 / 3, 1.0)
-    """Margin per strength level 0..3 (Llama 2's "margin small"; rlhf-details b4)."""
+    """margin=strength: the margin per strength level 0..3 (Llama 2's "margin small"; rlhf-details
+    b4)."""
     judge: JudgeConfig = JudgeConfig()
     """The judge."""
     task: str | None = "reviews"
@@ -106,4 +116,27 @@ class JudgeLabelConfig(Section):
             raise ValueError("margin=score_gap needs a scoring judge (callable or reward_model)")
         if list(self.strength_cuts) != sorted(self.strength_cuts) or not 0.5 <= self.strength_cuts[0]:
             raise ValueError("strength_cuts must be increasing probabilities ≥ 0.5")
+        self._no_unread_pair_fields()
         return self
+
+    def _no_unread_pair_fields(self) -> None:
+        """Refuse a non-default value of a pair option the labelling will not read (`label_pairs`
+        alone reads them). Compared with the default, not `model_fields_set`: `load_config` lays
+        every default into the data, so every field counts as set."""
+        if self.mode != "pairwise":
+            unread, where = PAIR_FIELDS, f"mode={self.mode}"
+        elif self.margin != "strength":
+            unread, where = PAIR_STRENGTH_FIELDS, f"margin={self.margin}"
+        else:
+            return
+        for name in unread:
+            default = type(self).model_fields[name].default
+            if getattr(self, name) != default:
+                needs = "mode=pairwise" + (" and margin=strength" if name in PAIR_STRENGTH_FIELDS else "")
+                raise ValueError(f"{name}={_shown(getattr(self, name))} is read only with {needs}, not with "
+                                 f"{where}; remove it (default {_shown(default)})")
+
+
+def _shown(value) -> str:
+    """A config value as a user writes it (tuples as YAML lists)."""
+    return str(list(value)) if isinstance(value, tuple) else str(value)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from rlhfkit.config.base import ConfigError, validate_config
+from rlhfkit.config.base import ConfigError, load_config, validate_config
 from rlhfkit.config.judge import SIMULATED_TEMPERATURE, JudgeLabelConfig
 from rlhfkit.data.errors import DataError
 from rlhfkit.data.io import read_records, write_records
@@ -246,3 +246,23 @@ def test_config_checks():
         validate_config(JudgeLabelConfig, {"candidates": "x", "judge": {"kind": "callable"}}, "t")
     with pytest.raises(ConfigError, match="score_gap needs a scoring judge"):
         validate_config(JudgeLabelConfig, {"candidates": "x", "margin": "score_gap"}, "t")
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"mode": "ranking", "margin": "strength"},
+     "margin=strength is read only with mode=pairwise, not with mode=ranking"),
+    ({"mode": "rating", "pairs": "one"}, "pairs=one is read only with mode=pairwise, not with mode=rating"),
+    ({"mode": "ranking", "strength_cuts": [0.55, 0.7, 0.8]},
+     r"strength_cuts=\[0.55, 0.7, 0.8\] is read only with mode=pairwise and margin=strength, not with mode=ranking"),
+    ({"mode": "rating", "strength_margins": [0, 0.5, 0.75, 1]}, "strength_margins=.* not with mode=rating"),
+    ({"mode": "pairwise", "strength_cuts": [0.55, 0.7, 0.8]}, "strength_cuts=.* not with margin=none"),
+])
+def test_pair_options_are_refused_where_nothing_reads_them(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(JudgeLabelConfig, {"candidates": "x", **fields}, "t")
+    # Through load_config every default is in the data (so "set"): defaults must still pass, and
+    # so must the options where they are read.
+    load_config(JudgeLabelConfig, None, ["candidates=x", f"mode={fields['mode']}"])
+    cfg = validate_config(JudgeLabelConfig, {"candidates": "x", "pairs": "one", "margin": "strength",
+                                             "strength_cuts": [0.55, 0.7, 0.8]}, "t")
+    assert cfg.strength_cuts == (0.55, 0.7, 0.8)
