@@ -110,6 +110,9 @@ class DemoConfig(Section):
     labels: DemoLabelConfig = DemoLabelConfig()
     """Simulated annotators."""
     rm: RMConfig = RMConfig.model_validate({
+        # A path, not empty: the backbone is the SFT model, so the tiny-model check of max_length
+        # against rm.model.tiny does not apply.
+        "model": {"path": FILLED_BY_DEMO},
         "data": {"kind": "ranking"},
         "loss": {"type": "pl"},
         "optim": {"lr": 1e-3, "warmup_ratio": 0.05},

@@ -17,21 +17,33 @@ class RMModelConfig(ModelConfig):
     """The backbone (an HF causal LM or encoder dir, an SFT run's `model/`, or a tiny Llama when
     `path` is empty) and the reward head on top of it."""
 
-    num_heads: int = Field(1, gt=0)
+    num_heads: int | None = Field(None, gt=0)
     """Reward outputs, one per objective (e.g. helpfulness and safety); all are trained on the
-    same labels unless the data says otherwise."""
+    same labels unless the data says otherwise. Null = the saved model's when `path` is a saved
+    RM directory (a different value is an error there: the head is trained), else 1."""
     input_format: InputFormat = "auto"
     """`chat`: the tokenizer's chat template; `plain`: prompt ids + response ids + EOS; `pair`:
     BERT-style `[CLS] prompt [SEP] response [SEP]` for encoders without EOS; `auto` picks chat
-    when the tokenizer has a template, pair when it has no EOS but a separator token, else plain."""
-    max_length: int = Field(512, gt=8)
-    """Longest prompt+response in tokens (at most a tiny model's `max_positions`). Longer inputs
-    lose their oldest chat turns, then the start of what is left (the response's too when it alone
-    is longer); with `pair` the longer segment loses its start."""
+    when the tokenizer has a template, pair when it has no EOS but a separator token, else plain.
+    With a saved RM directory as `path`, `auto` takes the saved format and a different one is an
+    error (the model was trained on it)."""
+    max_length: int | None = Field(None, gt=8)
+    """Longest prompt+response in tokens. Longer inputs lose their oldest chat turns, then the
+    start of what is left (the response's too when it alone is longer); with `pair` the longer
+    segment loses its start. Null = a tiny model's `max_positions` (empty `path`; a larger value
+    is an error), the saved model's when `path` is a saved RM directory (a value given here
+    replaces it: truncation is a property of the inputs, not the weights), else 512."""
     freeze_embeddings: bool = False
     """Keep the token (and position) embeddings fixed."""
     freeze_layers: int = Field(0, ge=0)
     """Keep the lowest N transformer blocks fixed (0 = train all)."""
+
+    @model_validator(mode="after")
+    def _fits_tiny(self) -> "RMModelConfig":
+        if not self.path and self.max_length is not None and self.max_length > self.tiny.max_positions:
+            raise ValueError(f"model.max_length {self.max_length} exceeds the tiny model's "
+                             f"model.tiny.max_positions {self.tiny.max_positions}")
+        return self
 
 
 class RMDataConfig(Section):

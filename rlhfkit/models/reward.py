@@ -37,13 +37,15 @@ from rlhfkit.algos.logprobs import logprobs_from_logits
 from rlhfkit.config.rm import RMModelConfig
 from rlhfkit.data.chat import drop_oldest_turn, prompt_to_messages
 from rlhfkit.data.collate import right_pad
-from rlhfkit.models.loading import apply_lora, disable_dropout, load_tokenizer, resolve_model_path
+from rlhfkit.models.loading import apply_lora, disable_dropout, load_causal_lm, load_tokenizer, resolve_model_path
 from rlhfkit.models.text import encode_prompt, encode_response, plain_prompt_text
 
 HEAD_FILE = "reward_head.safetensors"
 CONFIG_FILE = "reward_config.json"
 FORMAT_VERSION = 1
 INPUT_FORMATS = ("chat", "plain", "pair")
+DEFAULT_MAX_LENGTH = 512
+"""Truncation length (tokens) of an RM on an HF backbone when the config gives none."""
 LM_LOSS_NEEDS = "loss.lm_coef > 0 (an LM loss on the chosen response) needs a causal-LM backbone with its LM head"
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 """Config fields of HF causal LMs whose logits are not plain lm_head(hidden) (Gemma 2 soft-capping,
@@ -192,14 +194,16 @@ def is_causal_trunk(backbone) -> bool:
 
 def load_trunk(path: str, dtype=None):
     """The `AutoModel` trunk of a model dir, without a BERT-style pooler when the class can skip
-    it (the reward reads the last token's hidden state; the pooler is unused)."""
+    it (the reward reads the last token's hidden state; the pooler is unused). In `dtype`; None
+    means float32, as in `load_causal_lm` (transformers 5 would take the checkpoint's own dtype,
+    and a bf16 trunk under the float32 head fails at the first score)."""
     from transformers import AutoConfig, AutoModel
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
     config = AutoConfig.from_pretrained(path)
     trunk_class = MODEL_MAPPING.get(type(config), None)
     skip_pooler = trunk_class is not None and "add_pooling_layer" in inspect.signature(trunk_class.__init__).parameters
-    return AutoModel.from_pretrained(path, config=config, dtype=dtype,
+    return AutoModel.from_pretrained(path, config=config, dtype=dtype or torch.float32,
                                      **({"add_pooling_layer": False} if skip_pooler else {}))
 
 
@@ -207,7 +211,8 @@ class RewardModel(torch.nn.Module):
     """Backbone + linear head (H outputs) at the last real token; see the module docstring."""
 
     def __init__(self, backbone, tokenizer, num_heads: int = 1, input_format: str = "auto",
-                 max_length: int = 512, head_std: float | None = None, lm_head: torch.nn.Module | None = None):
+                 max_length: int = DEFAULT_MAX_LENGTH, head_std: float | None = None,
+                 lm_head: torch.nn.Module | None = None):
         super().__init__()
         if getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None  # BERT's pooler is unused here (and would get no gradient under DDP)
@@ -396,10 +401,11 @@ class RewardModel(torch.nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, num_heads: int = 1, input_format: str = "auto",
-                        max_length: int = 512, dtype=None, lm_head: bool = False) -> "RewardModel":
-        """A fresh head on the `AutoModel` trunk of a local HF dir (causal LM or encoder); the
-        LM head, if any, is dropped unless `lm_head` (then the dir must hold a causal LM)."""
-        from transformers import AutoConfig, AutoModelForCausalLM
+                        max_length: int = DEFAULT_MAX_LENGTH, dtype=None, lm_head: bool = False) -> "RewardModel":
+        """A fresh head on the `AutoModel` trunk of a local HF dir (causal LM or encoder), in `dtype`
+        (None = float32); the LM head, if any, is dropped unless `lm_head` (then the dir must hold
+        a causal LM)."""
+        from transformers import AutoConfig
 
         if not lm_head:
             backbone = load_trunk(resolve_model_path(path), dtype)
@@ -408,12 +414,12 @@ class RewardModel(torch.nn.Module):
         if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
             raise ValueError(f"{LM_LOSS_NEEDS}; {path} holds {architectures or 'no architecture'} "
                              "(an encoder, or a trunk without LM head)")
-        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=dtype)
+        model = load_causal_lm(path, dtype)
         return cls.from_causal_lm(model, load_tokenizer(path), num_heads, input_format, max_length, lm_head=True)
 
     @classmethod
     def from_causal_lm(cls, model, tokenizer, num_heads: int = 1, input_format: str = "auto",
-                       max_length: int = 512, lm_head: bool = False) -> "RewardModel":
+                       max_length: int = DEFAULT_MAX_LENGTH, lm_head: bool = False) -> "RewardModel":
         """A fresh head on the trunk of an in-memory causal LM; its LM head (output embeddings,
         the same tensor as the input embeddings when tied) is kept when `lm_head`, else dropped."""
         if not lm_head:
@@ -429,18 +435,26 @@ def is_reward_model_dir(path: str | Path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
 
-def load_reward_model(path: str | Path, dtype=None, lm_head: bool = False) -> RewardModel:
-    """Restore a directory written by `RewardModel.save` (backbone, tokenizer, head, normalisation).
-    The directory holds no LM head; `lm_head` rebuilds one only where the backbone ties it to
-    its input embeddings."""
-    from safetensors.torch import load_file
-
+def saved_reward_config(path: str | Path) -> dict:
+    """The `reward_config.json` of a directory written by `RewardModel.save`, version checked."""
     path = Path(path)
     if not is_reward_model_dir(path):
         raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; not a reward-model directory")
     config = json.loads((path / CONFIG_FILE).read_text())
     if config.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}/{CONFIG_FILE}: unsupported format_version {config.get('format_version')}")
+    return config
+
+
+def load_reward_model(path: str | Path, dtype=None, lm_head: bool = False, max_length: int | None = None
+                      ) -> RewardModel:
+    """Restore a directory written by `RewardModel.save` (backbone, tokenizer, head, normalisation).
+    The directory holds no LM head; `lm_head` rebuilds one only where the backbone ties it to
+    its input embeddings. `max_length` replaces the saved truncation length (None = keep it)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config = saved_reward_config(path)
     backbone = load_trunk(str(path), dtype)
     head = None
     if lm_head:
@@ -451,7 +465,7 @@ def load_reward_model(path: str | Path, dtype=None, lm_head: bool = False) -> Re
         head = torch.nn.Linear(embeddings.embedding_dim, embeddings.num_embeddings, bias=False)
         head.weight = embeddings.weight  # tied: the same tensor, trained through both uses
     model = RewardModel(backbone, load_tokenizer(path), config["num_heads"], config["input_format"],
-                        config["max_length"], lm_head=head)
+                        max_length or config["max_length"], lm_head=head)
     tensors = load_file(str(path / HEAD_FILE))
     with torch.no_grad():
         model.head.weight.copy_(tensors["weight"])
@@ -484,26 +498,49 @@ def freeze_lower(backbone, embeddings: bool, n_layers: int) -> None:
         module.requires_grad_(False)
 
 
+def check_saved_settings(cfg: RMModelConfig, saved: dict) -> None:
+    """Refuse a config whose head count or input format differs from those of the saved RM at
+    `cfg.path` (its head and weights were trained for them; null / `auto` take the saved ones),
+    or whose `max_length` exceeds what the backbone's position embeddings cover."""
+    unset = {"num_heads": None, "input_format": "auto"}
+    for name, keep in unset.items():
+        value = getattr(cfg, name)
+        if value != keep and value != saved[name]:
+            raise ValueError(f"model.{name}={value} but the saved reward model {cfg.path} has {name}="
+                             f"{saved[name]}; leave model.{name} at {keep or 'null'} to take the saved value, "
+                             "or start a new reward model from a backbone directory")
+    if cfg.max_length is None:
+        return
+    from transformers import AutoConfig
+
+    positions = getattr(AutoConfig.from_pretrained(cfg.path), "max_position_embeddings", None)
+    if positions is not None and cfg.max_length > positions:
+        raise ValueError(f"model.max_length={cfg.max_length} exceeds the {positions} positions of the saved "
+                         f"reward model {cfg.path} (max_position_embeddings in its config.json)")
+
+
 def build_reward_model(cfg: RMModelConfig, corpus_fn: Callable[[int], list[str]], seed: int,
                        lm_head: bool = False) -> RewardModel:
-    """The RM a config asks for: a saved RM dir (training continues), a fresh head on an HF dir,
-    or on a tiny Llama built from `cfg.tiny` with a tokenizer trained on `corpus_fn(n)`; then
-    dropout off, freezing and LoRA (PEFT, FEATURE_EXTRACTION) as configured. The head is
-    initialised from torch's RNG under `seed`. `lm_head` keeps the causal LM's output
+    """The RM a config asks for: a saved RM dir (training continues; `check_saved_settings`), a
+    fresh head on an HF dir, or on a tiny Llama built from `cfg.tiny` with a tokenizer trained on
+    `corpus_fn(n)`; then dropout off, freezing and LoRA (PEFT, FEATURE_EXTRACTION) as configured.
+    The head is initialised from torch's RNG under `seed`. `lm_head` keeps the causal LM's output
     embeddings for an LM loss (`loss.lm_coef`); `freeze_embeddings` and LoRA freeze them too."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         if cfg.path and is_reward_model_dir(cfg.path):
-            model = load_reward_model(cfg.path, lm_head=lm_head)
+            check_saved_settings(cfg, saved_reward_config(cfg.path))
+            model = load_reward_model(cfg.path, lm_head=lm_head, max_length=cfg.max_length)
         elif cfg.path:
-            model = RewardModel.from_pretrained(cfg.path, cfg.num_heads, cfg.input_format, cfg.max_length,
-                                                lm_head=lm_head)
+            model = RewardModel.from_pretrained(cfg.path, cfg.num_heads or 1, cfg.input_format,
+                                                cfg.max_length or DEFAULT_MAX_LENGTH, lm_head=lm_head)
         else:
             from rlhfkit.models.tiny import build_tiny_causal_lm
 
             lm, tokenizer = build_tiny_causal_lm(cfg.tiny, corpus_fn(cfg.tiny.tokenizer_lines), seed)
-            model = RewardModel.from_causal_lm(lm, tokenizer, cfg.num_heads, cfg.input_format,
-                                               min(cfg.max_length, cfg.tiny.max_positions), lm_head=lm_head)
+            # The config refuses a max_length above max_positions, so none is clamped here.
+            model = RewardModel.from_causal_lm(lm, tokenizer, cfg.num_heads or 1, cfg.input_format,
+                                               cfg.max_length or cfg.tiny.max_positions, lm_head=lm_head)
     if cfg.disable_dropout:
         disable_dropout(model.backbone)
     if cfg.freeze_embeddings or cfg.freeze_layers:

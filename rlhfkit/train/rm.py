@@ -349,7 +349,8 @@ def train_rm(cfg: RMConfig) -> dict:
     derived = {"grad_accum_steps": plan.grad_accum_steps, "effective_batch_size": cfg.batch_size,
                "num_processes": plan.num_processes, "optimizer_steps": total_steps, "train_groups": len(train),
                "train_pairs": sum(len(g.pairs()) for g in train), "eval_groups": len(held),
-               "input_format": rm.input_format, "skipped": dict(skips.counts),
+               "num_heads": rm.num_heads, "input_format": rm.input_format, "max_length": rm.max_length,
+               "skipped": dict(skips.counts),
                "trainable_params": sum(p.numel() for p in rm.parameters() if p.requires_grad)}
     run.save_config(config_to_dict(cfg), derived)
     print_effective_config("rm", config_to_dict(cfg), derived, is_main)

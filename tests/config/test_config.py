@@ -91,3 +91,13 @@ def test_demo_variant_temperatures_must_be_distinct_and_positive(temperatures):
     with pytest.raises(ConfigError, match="two distinct positive values"):
         load_config(DemoConfig, None, [f"sampling.temperatures={temperatures}"])
 
+
+
+def test_rm_sequence_length_is_checked_against_a_tiny_model_at_load():
+    from rlhfkit.config.rm import RMConfig
+
+    with pytest.raises(ConfigError, match="model.max_length 200 exceeds the tiny model's model.tiny.max_positions 128"):
+        load_config(RMConfig, None, ["model.max_length=200"])
+    assert load_config(RMConfig, None, ["model.max_length=100"]).model.max_length == 100
+    assert load_config(RMConfig).model.max_length is None  # the default: the tiny model's max_positions
+    load_config(RMConfig, None, ["model.path=some/model", "model.max_length=2048"])  # a real model: its own limit

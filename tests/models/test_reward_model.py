@@ -251,3 +251,29 @@ def test_ensemble_scores_in_forward_passes_of_the_given_batch_size(rm, examples,
     in_pairs = ensemble.score_all(prompts, responses, batch_size=2)
     assert len(calls) == 2 * 3  # two members × ⌈5 / 2⌉ batches
     torch.testing.assert_close(in_pairs, whole, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def saved_rm(tmp_path_factory, task):
+    """A saved 2-head tiny RM (plain format, max_length 100) to continue from."""
+    path = tmp_path_factory.mktemp("saved") / "rm"
+    tiny_rm(task, num_heads=2, max_length=100).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("field, value, saved", [("num_heads", 1, 2), ("num_heads", 3, 2),
+                                                 ("input_format", "chat", "plain")])
+def test_continuing_from_a_saved_rm_refuses_another_head_count_or_format(task, saved_rm, field, value, saved):
+    with pytest.raises(ValueError, match=f"model.{field}={value} but the saved reward model .* has {field}={saved}"):
+        build_reward_model(RMModelConfig(path=saved_rm, **{field: value}), task.corpus, 0)
+
+
+def test_continuing_from_a_saved_rm_takes_unset_fields_and_honours_max_length(task, saved_rm):
+    kept = build_reward_model(RMModelConfig(path=saved_rm), task.corpus, 0)
+    assert (kept.num_heads, kept.input_format, kept.max_length) == (2, "plain", 100)
+    same = build_reward_model(RMModelConfig(path=saved_rm, num_heads=2, input_format="plain", max_length=64),
+                              task.corpus, 0)
+    assert (same.num_heads, same.input_format, same.max_length) == (2, "plain", 64)
+    assert torch.equal(same.head.weight, kept.head.weight)  # the saved head, not a fresh one
+    with pytest.raises(ValueError, match="model.max_length=200 exceeds the 128 positions of the saved reward model"):
+        build_reward_model(RMModelConfig(path=saved_rm, max_length=200), task.corpus, 0)
