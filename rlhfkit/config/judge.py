@@ -19,11 +19,36 @@ PAIR_STRENGTH_FIELDS = ("strength_cuts", "strength_margins")
 """`JudgeLabelConfig` fields read only by pairwise labelling with margin=strength."""
 PAIR_FIELDS = ("pairs", "margin", *PAIR_STRENGTH_FIELDS)
 """`JudgeLabelConfig` fields read only by pairwise labelling (`label_pairs`)."""
+SCORING_FIELDS = ("noise_temperature", "rating_thresholds", "batch_size")
+"""`JudgeConfig` fields read only by scoring judges (callable, reward model)."""
+UNREAD_BY_KIND = {
+    "simulated": ("callable", "reward_model", "head", *SCORING_FIELDS),
+    "callable": ("temperature", "reward_model", "head"),
+    "reward_model": ("temperature", "callable"),
+}
+"""`JudgeConfig` fields each judge kind ignores (a non-default value is refused)."""
+
+
+def refuse_unread(section: Section, names: tuple[str, ...], where: str, prefix: str = "") -> None:
+    """Refuse a non-default value of any field in `names`, which nothing reads `where`. Compared
+    with the default, not `model_fields_set`: `load_config` lays every default into the data, so
+    every field counts as set."""
+    for name in names:
+        value, default = getattr(section, name), type(section).model_fields[name].default
+        if value != default:
+            raise ValueError(f"{prefix}{name}={_shown(value)} is not read {where}; remove it (default "
+                             f"{_shown(default)})")
+
+
+def _shown(value) -> str:
+    """A config value as a user writes it (tuples as YAML lists)."""
+    return str(list(value)) if isinstance(value, tuple) else str(value)
 
 
 class JudgeConfig(Section):
     """Who labels: the built-in task's simulated annotators, a Python scoring function, or a reward
-    model. Scoring judges turn scores into labels (higher = better), optionally with noise."""
+    model. Scoring judges turn scores into labels (higher = better), optionally with noise. A field
+    the chosen kind does not read (`UNREAD_BY_KIND`) must keep its default."""
 
     kind: JudgeKind = "simulated"
     """`simulated`: Bradley–Terry / Plackett–Luce annotators around the task's gold reward;
@@ -61,6 +86,7 @@ class JudgeConfig(Section):
             raise ValueError("judge.kind=reward_model needs judge.reward_model (a model directory)")
         if self.rating_thresholds is not None and list(self.rating_thresholds) != sorted(self.rating_thresholds):
             raise ValueError("judge.rating_thresholds must be increasing")
+        refuse_unread(self, UNREAD_BY_KIND[self.kind], f"with judge.kind={self.kind}", prefix="judge.")
         return self
 
 
@@ -120,23 +146,11 @@ class JudgeLabelConfig(Section):
         return self
 
     def _no_unread_pair_fields(self) -> None:
-        """Refuse a non-default value of a pair option the labelling will not read (`label_pairs`
-        alone reads them). Compared with the default, not `model_fields_set`: `load_config` lays
-        every default into the data, so every field counts as set."""
+        """Refuse pair options the labelling will not read (`label_pairs` alone reads them), and
+        rating cuts outside rating mode."""
+        if self.mode != "rating":
+            refuse_unread(self.judge, ("rating_thresholds",), f"with mode={self.mode}", prefix="judge.")
         if self.mode != "pairwise":
-            unread, where = PAIR_FIELDS, f"mode={self.mode}"
+            refuse_unread(self, PAIR_FIELDS, f"with mode={self.mode}")
         elif self.margin != "strength":
-            unread, where = PAIR_STRENGTH_FIELDS, f"margin={self.margin}"
-        else:
-            return
-        for name in unread:
-            default = type(self).model_fields[name].default
-            if getattr(self, name) != default:
-                needs = "mode=pairwise" + (" and margin=strength" if name in PAIR_STRENGTH_FIELDS else "")
-                raise ValueError(f"{name}={_shown(getattr(self, name))} is read only with {needs}, not with "
-                                 f"{where}; remove it (default {_shown(default)})")
-
-
-def _shown(value) -> str:
-    """A config value as a user writes it (tuples as YAML lists)."""
-    return str(list(value)) if isinstance(value, tuple) else str(value)
+            refuse_unread(self, PAIR_STRENGTH_FIELDS, f"with margin={self.margin}")

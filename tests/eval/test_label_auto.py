@@ -249,13 +249,14 @@ def test_config_checks():
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"mode": "ranking", "margin": "strength"},
-     "margin=strength is read only with mode=pairwise, not with mode=ranking"),
-    ({"mode": "rating", "pairs": "one"}, "pairs=one is read only with mode=pairwise, not with mode=rating"),
+    ({"mode": "ranking", "margin": "strength"}, "margin=strength is not read with mode=ranking"),
+    ({"mode": "rating", "pairs": "one"}, "pairs=one is not read with mode=rating"),
     ({"mode": "ranking", "strength_cuts": [0.55, 0.7, 0.8]},
-     r"strength_cuts=\[0.55, 0.7, 0.8\] is read only with mode=pairwise and margin=strength, not with mode=ranking"),
-    ({"mode": "rating", "strength_margins": [0, 0.5, 0.75, 1]}, "strength_margins=.* not with mode=rating"),
-    ({"mode": "pairwise", "strength_cuts": [0.55, 0.7, 0.8]}, "strength_cuts=.* not with margin=none"),
+     r"strength_cuts=\[0.55, 0.7, 0.8\] is not read with mode=ranking; remove it \(default \[0.6, 0.75, 0.9\]\)"),
+    ({"mode": "rating", "strength_margins": [0, 0.5, 0.75, 1]}, "strength_margins=.* not read with mode=rating"),
+    ({"mode": "pairwise", "strength_cuts": [0.55, 0.7, 0.8]}, "strength_cuts=.* not read with margin=none"),
+    ({"mode": "ranking", "judge": {"kind": "callable", "callable": "m:f", "rating_thresholds": [0, 1, 2, 3]}},
+     r"judge.rating_thresholds=\[0.0, 1.0, 2.0, 3.0\] is not read with mode=ranking"),
 ])
 def test_pair_options_are_refused_where_nothing_reads_them(fields, message):
     with pytest.raises(ConfigError, match=message):
@@ -266,3 +267,21 @@ def test_pair_options_are_refused_where_nothing_reads_them(fields, message):
     cfg = validate_config(JudgeLabelConfig, {"candidates": "x", "pairs": "one", "margin": "strength",
                                              "strength_cuts": [0.55, 0.7, 0.8]}, "t")
     assert cfg.strength_cuts == (0.55, 0.7, 0.8)
+
+
+@pytest.mark.parametrize("judge, message", [
+    ({"temperature": 0.5, "noise_temperature": 0.3}, "judge.noise_temperature=0.3 is not read with judge.kind=simulated"),
+    ({"head": 1}, "judge.head=1 is not read with judge.kind=simulated"),
+    ({"batch_size": 8}, "judge.batch_size=8 is not read with judge.kind=simulated"),
+    ({"kind": "callable", "callable": "m:f", "temperature": 0.5}, "judge.temperature=0.5 is not read with judge.kind=callable"),
+    ({"kind": "callable", "callable": "m:f", "reward_model": "rm"}, "judge.reward_model=rm is not read"),
+    ({"kind": "reward_model", "reward_model": "rm", "callable": "m:f"}, "judge.callable=m:f is not read"),
+])
+def test_judge_options_are_refused_where_the_kind_ignores_them(judge, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(JudgeLabelConfig, {"candidates": "x", "judge": judge}, "t")
+    # What each kind reads still passes: τ for the simulated judge, noise, cuts and head for an RM judge.
+    validate_config(JudgeLabelConfig, {"candidates": "x", "judge": {"temperature": 0.5}}, "t")
+    validate_config(JudgeLabelConfig, {"candidates": "x", "mode": "rating", "judge": {
+        "kind": "reward_model", "reward_model": "rm", "head": 1, "noise_temperature": 0.3, "batch_size": 8,
+        "rating_thresholds": [0, 1, 2, 3]}}, "t")
