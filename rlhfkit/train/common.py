@@ -40,7 +40,23 @@ def build_optimizer(params_named, cfg: OptimConfig) -> torch.optim.Optimizer:
         exempt = param.ndim < 2 or any(m in name.lower() for m in NO_DECAY_MARKERS)
         (no_decay if exempt else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True)
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                                  fused=True)
+    optimizer.register_load_state_dict_pre_hook(keep_kernel_flags)
+    return optimizer
+
+
+KERNEL_FLAGS = ("fused", "foreach", "capturable")
+"""Optimiser param-group keys that choose a kernel and where its state lives, not the arithmetic."""
+
+
+def keep_kernel_flags(optimizer: torch.optim.Optimizer, state_dict: dict) -> None:
+    """`load_state_dict` pre-hook: the checkpoint's groups take this optimiser's kernel flags, so a
+    checkpoint written before AdamW was fused resumes on the fused kernel (torch would copy the
+    saved flags, and places each `step` counter by them: on CUDA the fused kernel needs it on the
+    GPU)."""
+    for saved, own in zip(state_dict["param_groups"], optimizer.param_groups):
+        saved.update({k: own[k] for k in KERNEL_FLAGS if k in own})
 
 
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:

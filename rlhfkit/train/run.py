@@ -27,10 +27,6 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return max(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
 
 
-KERNEL_FLAGS = ("fused", "foreach")
-"""Optimiser param-group keys that choose a kernel, not the arithmetic (kept on resume)."""
-
-
 def save_checkpoint(accelerator, run_dir: RunDir, step: int, trainer_state: dict[str, Any], keep: int) -> Path:
     """Save every registered object (models, optimisers, schedulers, RNG of each process) plus our
     trainer state, atomically: into `.tmp-step-N`, then renamed once complete."""
@@ -54,16 +50,8 @@ def save_checkpoint(accelerator, run_dir: RunDir, step: int, trainer_state: dict
 
 
 def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:
-    """Restore every registered object and RNG state; return our trainer state.
-
-    An optimiser's state dict carries its kernel choice (`fused`, `foreach`) in each param group;
-    those stay as this run built them, so a checkpoint from an older version resumes at today's
-    speed (same arithmetic: the fused and loop kernels compute the same update)."""
-    kernels = [[{k: g[k] for k in KERNEL_FLAGS if k in g} for g in opt.param_groups] for opt in accelerator._optimizers]
+    """Restore every registered object and RNG state; return our trainer state."""
     accelerator.load_state(str(path))
-    for opt, flags in zip(accelerator._optimizers, kernels):
-        for group, own in zip(opt.param_groups, flags):
-            group.update(own)
     return json.loads((path / TRAINER_STATE).read_text())
 
 

@@ -58,18 +58,19 @@ def test_progress_bar_writes_to_stderr_not_stdout(capsys):
 
 
 def test_resume_keeps_this_runs_optimizer_kernel(tmp_path):
-    """A checkpoint whose optimiser groups say `fused: False` (written before AdamW was fused)
+    """A checkpoint whose optimiser groups say `fused: None` (written before AdamW was fused)
     restores the moments and step but keeps the fused kernel this run built."""
     import torch
     from accelerate import Accelerator
 
+    from rlhfkit.config.common import OptimConfig
+    from rlhfkit.train.common import build_optimizer
     from rlhfkit.train.run import load_checkpoint, save_checkpoint
 
     def prepared():
         accelerator = Accelerator(cpu=True)
         model = torch.nn.Linear(4, 2)
-        opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
-        return accelerator, *accelerator.prepare(model, opt)
+        return accelerator, *accelerator.prepare(model, build_optimizer(model.named_parameters(), OptimConfig()))
 
     accelerator, model, opt = prepared()
     model(torch.ones(3, 4)).sum().backward()
@@ -82,6 +83,9 @@ def test_resume_keeps_this_runs_optimizer_kernel(tmp_path):
 
     accelerator, model, opt = prepared()
     assert load_checkpoint(accelerator, path) == {"step": 1}
-    assert all(group["fused"] is True for group in opt.param_groups)
+    assert all(group["fused"] is True and group["foreach"] is None for group in opt.param_groups)
     moments = [opt.state[p]["exp_avg"] for p in model.parameters()]
-    torch.testing.assert_close(moments, [saved["state"][i]["exp_avg"] for i in range(2)])
+    torch.testing.assert_close(moments, [saved["state"][i]["exp_avg"] for i in range(len(moments))])
+    # Each step counter where the fused kernel keeps it (a float32 tensor beside the parameter).
+    assert all(opt.state[p]["step"].dtype == torch.float32 and opt.state[p]["step"].device == p.device
+               for p in model.parameters())
