@@ -174,7 +174,8 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
 
         _stage(console, 5, f"PPO against the reward model (round {round_no})")
         ppo = train_ppo(_with(cfg.ppo, policy={"path": str(policy)}, run={"out_dir": str(runs["ppo"]), "seed": cfg.seed},
-                              reward={"rm_paths": [str(runs["rm"] / "model")]}, kl={"reference_path": str(sft_model)},
+                              reward={"rm_paths": [str(runs["rm"] / "model")]},
+                              **({"kl": {"reference_path": str(sft_model)}} if round_no > 1 else {}),
                               data={"task": TASK, "task_seed": cfg.seed}))
         policy, policy_name = runs["ppo"] / "model", f"ppo-round{round_no}"
 

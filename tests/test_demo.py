@@ -57,6 +57,7 @@ def test_iterated_rounds_grow_the_preference_data_and_continue_ppo(tmp_path):
     assert ppo2["policy"]["path"] == str(tmp_path / "ppo" / "model")
     assert ppo2["reward"]["rm_paths"] == [str(tmp_path / "rm-round2" / "model")]
     assert ppo2["kl"]["reference_path"] == str(tmp_path / "sft" / "model")  # KL still to SFT, not round 1's PPO
+    assert yaml.safe_load((tmp_path / "ppo" / "config.yaml").read_text())["kl"]["reference_path"] is None  # = policy
     first_step = next(row for row in read_metrics(tmp_path / "ppo-round2") if "kl/ref" in row)
     assert first_step["kl/ref"] > 0.01  # the policy starts away from it
     assert summary["rounds"] == 2 and summary["runs"]["ppo"].endswith("ppo-round2")

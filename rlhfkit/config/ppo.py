@@ -144,12 +144,13 @@ class KLConfig(Section):
     max_kl: float | None = None
     """Stop the run when the sequence KL to the reference exceeds this (nats); null = never."""
     ref_refresh_every: int | None = Field(None, gt=0)
-    """Copy the policy into the reference every N steps (not with LoRA); null = never."""
+    """Copy the policy into the reference every N steps (not with LoRA or `reference_path`); null = never."""
     reference_path: str | None = None
     """Model directory of the reference π_ref; null = the policy's starting weights (`policy.path`).
     Set it when PPO continues from an earlier PPO model and the KL should still be measured to the
     SFT model (iterated RLHF). It must have the policy's tokenizer; with LoRA it is a separate
-    frozen model instead of the policy's base weights."""
+    frozen model instead of the policy's base weights. Not with `ref_refresh_every`, which would
+    replace it by the policy."""
 
 
 class VLLMConfig(Section):
@@ -313,4 +314,7 @@ class PPOConfig(Section):
             raise ValueError("value.pretrain_steps needs value.kind=critic (a shared trunk would move the policy)")
         if self.kl.ref_refresh_every and self.policy.lora.enabled:
             raise ValueError("kl.ref_refresh_every is not supported with LoRA (the reference is the base weights)")
+        if self.kl.ref_refresh_every and self.kl.reference_path:
+            raise ValueError("kl.ref_refresh_every would replace the model of kl.reference_path by the policy; "
+                             "set one of them")
         return self

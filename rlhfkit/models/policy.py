@@ -134,8 +134,8 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 class Reference:
-    """The reference policy π_ref: a frozen model (a copy of the SFT model, or one loaded from its own
-    directory), or — with LoRA and no model of its own — the policy's base weights with the
+    """The reference policy π_ref: a frozen model (a copy of the starting policy, or one loaded from
+    its own directory), or — with LoRA and no model of its own — the policy's base weights with the
     adapters switched off (no second copy in memory)."""
 
     def __init__(self, policy: PolicyWithValueHead, model: nn.Module | None):

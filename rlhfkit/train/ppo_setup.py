@@ -75,7 +75,8 @@ def build_policy(cfg: PPOConfig, with_value_head: bool):
     optional value head, and the reference: the model of `kl.reference_path`, or else a frozen copy
     of the starting weights (with LoRA, those weights with the adapters switched off)."""
     if not cfg.policy.path:
-        raise ValueError("policy.path must point at the SFT model (the SFT stage's RUN/model)")
+        raise ValueError("policy.path must point at the starting policy (the SFT stage's RUN/model, or an "
+                         "earlier PPO run's)")
     lm, tokenizer = load_causal_lm(cfg.policy.path), load_tokenizer(cfg.policy.path)
     reference = load_reference_lm(cfg.kl.reference_path, lm, tokenizer) if cfg.kl.reference_path else None
     if reference is None and not cfg.policy.lora.enabled:

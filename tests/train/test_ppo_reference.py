@@ -72,3 +72,8 @@ def test_reference_with_another_vocabulary_is_refused(sft_model, tmp_path):
     tokenizer.save_pretrained(other)
     with pytest.raises(ValueError, match="kl.reference_path .*tokenizer differs"):
         build_policy(_cfg(sft_model, "unused", f"kl.reference_path={other}"), with_value_head=False)
+
+
+def test_reference_refresh_and_reference_path_exclude_each_other(sft_model):
+    with pytest.raises(Exception, match="kl.ref_refresh_every would replace the model of kl.reference_path"):
+        _cfg(sft_model, "unused", f"kl.reference_path={sft_model}", "kl.ref_refresh_every=5")
