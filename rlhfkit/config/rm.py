@@ -32,7 +32,8 @@ class RMModelConfig(ModelConfig):
     start of what is left (the response's too when it alone is longer); with `pair` the longer
     segment loses its start. Null = a tiny model's `max_positions` (empty `path`; a larger value
     is an error), the saved model's when `path` is a saved RM directory (a value given here
-    replaces it: truncation is a property of the inputs, not the weights), else 512."""
+    replaces it: truncation is a property of the inputs, not the weights), else 512 capped at the
+    backbone's `max_position_embeddings` (a value past them is an error)."""
     freeze_embeddings: bool = False
     """Keep the token (and position) embeddings fixed."""
     freeze_layers: int = Field(0, ge=0)

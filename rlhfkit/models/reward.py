@@ -500,8 +500,7 @@ def freeze_lower(backbone, embeddings: bool, n_layers: int) -> None:
 
 def check_saved_settings(cfg: RMModelConfig, saved: dict) -> None:
     """Refuse a config whose head count or input format differs from those of the saved RM at
-    `cfg.path` (its head and weights were trained for them; null / `auto` take the saved ones),
-    or whose `max_length` exceeds what the backbone's position embeddings cover."""
+    `cfg.path` (its head and weights were trained for them; null / `auto` take the saved ones)."""
     unset = {"num_heads": None, "input_format": "auto"}
     for name, keep in unset.items():
         value = getattr(cfg, name)
@@ -509,31 +508,38 @@ def check_saved_settings(cfg: RMModelConfig, saved: dict) -> None:
             raise ValueError(f"model.{name}={value} but the saved reward model {cfg.path} has {name}="
                              f"{saved[name]}; leave model.{name} at {keep or 'null'} to take the saved value, "
                              "or start a new reward model from a backbone directory")
-    if cfg.max_length is None:
-        return
+
+
+def checked_max_length(cfg: RMModelConfig, default: int) -> int:
+    """`model.max_length` for the backbone at `cfg.path`, or `default` capped at its positions
+    (`max_position_embeddings` of its config.json, when it gives one); a value past them is refused."""
     from transformers import AutoConfig
 
-    positions = getattr(AutoConfig.from_pretrained(cfg.path), "max_position_embeddings", None)
+    positions = getattr(AutoConfig.from_pretrained(resolve_model_path(cfg.path)), "max_position_embeddings", None)
+    if cfg.max_length is None:
+        return default if positions is None else min(default, positions)
     if positions is not None and cfg.max_length > positions:
-        raise ValueError(f"model.max_length={cfg.max_length} exceeds the {positions} positions of the saved "
-                         f"reward model {cfg.path} (max_position_embeddings in its config.json)")
+        raise ValueError(f"model.max_length={cfg.max_length} exceeds the {positions} positions of the backbone "
+                         f"{cfg.path} (max_position_embeddings in its config.json)")
+    return cfg.max_length
 
 
 def build_reward_model(cfg: RMModelConfig, corpus_fn: Callable[[int], list[str]], seed: int,
                        lm_head: bool = False) -> RewardModel:
     """The RM a config asks for: a saved RM dir (training continues; `check_saved_settings`), a
-    fresh head on an HF dir, or on a tiny Llama built from `cfg.tiny` with a tokenizer trained on
+    fresh head on an HF dir (either way `checked_max_length`), or on a tiny Llama built from `cfg.tiny` with a tokenizer trained on
     `corpus_fn(n)`; then dropout off, freezing and LoRA (PEFT, FEATURE_EXTRACTION) as configured.
     The head is initialised from torch's RNG under `seed`. `lm_head` keeps the causal LM's output
     embeddings for an LM loss (`loss.lm_coef`); `freeze_embeddings` and LoRA freeze them too."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         if cfg.path and is_reward_model_dir(cfg.path):
-            check_saved_settings(cfg, saved_reward_config(cfg.path))
-            model = load_reward_model(cfg.path, lm_head=lm_head, max_length=cfg.max_length)
+            saved = saved_reward_config(cfg.path)
+            check_saved_settings(cfg, saved)
+            model = load_reward_model(cfg.path, lm_head=lm_head, max_length=checked_max_length(cfg, saved["max_length"]))
         elif cfg.path:
             model = RewardModel.from_pretrained(cfg.path, cfg.num_heads or 1, cfg.input_format,
-                                                cfg.max_length or DEFAULT_MAX_LENGTH, lm_head=lm_head)
+                                                checked_max_length(cfg, DEFAULT_MAX_LENGTH), lm_head=lm_head)
         else:
             from rlhfkit.models.tiny import build_tiny_causal_lm
 

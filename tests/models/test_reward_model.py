@@ -4,6 +4,8 @@ freezing and LoRA — on a tiny Llama built in a few seconds."""
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -275,5 +277,16 @@ def test_continuing_from_a_saved_rm_takes_unset_fields_and_honours_max_length(ta
                               task.corpus, 0)
     assert (same.num_heads, same.input_format, same.max_length) == (2, "plain", 64)
     assert torch.equal(same.head.weight, kept.head.weight)  # the saved head, not a fresh one
-    with pytest.raises(ValueError, match="model.max_length=200 exceeds the 128 positions of the saved reward model"):
+    with pytest.raises(ValueError, match="model.max_length=200 exceeds the 128 positions of the backbone"):
         build_reward_model(RMModelConfig(path=saved_rm, max_length=200), task.corpus, 0)
+
+
+def test_a_fresh_head_on_an_hf_backbone_keeps_max_length_within_its_positions(task, saved_rm):
+    """The saved RM's directory is also a plain HF backbone (128 positions): without a config value
+    the truncation length is capped there, not left at 512 (an index error at the first long input)."""
+    backbone = Path(saved_rm).parent / "backbone"
+    shutil.copytree(saved_rm, backbone, ignore=shutil.ignore_patterns("reward_*"))
+    assert build_reward_model(RMModelConfig(path=str(backbone)), task.corpus, 0).max_length == 128
+    assert build_reward_model(RMModelConfig(path=str(backbone), max_length=64), task.corpus, 0).max_length == 64
+    with pytest.raises(ValueError, match="model.max_length=200 exceeds the 128 positions of the backbone"):
+        build_reward_model(RMModelConfig(path=str(backbone), max_length=200), task.corpus, 0)
