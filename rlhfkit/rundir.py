@@ -171,8 +171,8 @@ class Progress:
     def __init__(self, total: int, description: str, enabled: bool, completed: int = 0):
         self._bar = None
         if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
             from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
             from rich.progress import Progress as RichProgress
 
             # On stderr, so that stdout stays clean for results (`rlhfkit eval cfg > summary.json`).
@@ -188,7 +188,7 @@ class Progress:
             self._bar.start()
         return self
 
-    def update(self, advance: int = 1, **info: float) -> None:
+    def update(self, advance: int = 1, **info: float | str) -> None:
         if self._bar is not None:
             text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
             self._bar.update(self._task, advance=advance, info=text)

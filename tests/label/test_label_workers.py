@@ -191,12 +191,17 @@ def test_rate_limit_holds_across_worker_processes(tmp_path):
     try:
         workers = _workers_of(proc.pid)
         assert len(workers) == 2
+        for other in reversed(workers):  # both up and answering before the loop (/healthz takes no token)
+            with _paused(other):
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                c.request("GET", "/healthz")
+                assert c.getresponse().status == 200
+                c.close()
         # Left alone, the kernel often hands every connection to the same worker, and per-process
         # buckets would pass. So the workers take turns: the other one is paused during each
         # request, and each worker gets `burst` requests, a full bucket's worth on its own.
         for i in range(2 * burst):
             with _paused(workers[1 - i % 2]):
-                # A long timeout: the second worker may still be starting when /healthz answers.
                 c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
                 try:
                     c.request("GET", "/api/v1/me", headers={"Authorization": f"Bearer {token}"})
