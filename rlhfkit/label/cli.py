@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
@@ -26,29 +26,38 @@ DbOpt = typer.Option(None, "--db", envvar="RLHFKIT_ANNOTATION_DB",
 
 
 def _engine(directory: Path, db: Optional[str]):
+    """The store's engine; a bad URL, a missing driver or an unreachable database is a CLI error."""
+    from sqlalchemy.exc import OperationalError
+
     from rlhfkit.label import store
 
-    return store.open_store(db or store.default_url(directory))
+    url = db or store.default_url(directory)
+    try:
+        return store.open_store(url)
+    except store.StoreURLError as err:
+        _fail(err)
+    except OperationalError as err:
+        _fail(ValueError(f"cannot open the store {store.redact(url)}: {err.orig}"))
 
 
-def read_candidate_sets(path: Path) -> list:
-    """CandidateSet records from a JSONL file; errors name the file and line."""
-    from pydantic import ValidationError
-
-    from rlhfkit.data.schemas import CandidateSet
-
-    out = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    out.append(CandidateSet.model_validate_json(line))
-                except ValidationError as err:
-                    raise typer.BadParameter(f"{path}:{n}: {err}") from err
-    return out
+def _is_loopback(host: str) -> bool:
+    """True for a loopback address or `localhost`; any other name may resolve off the machine."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
-def _fail(err: Exception) -> None:
+def _read_guidelines(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        _fail(ValueError(f"{path}: not UTF-8 (byte {err.start + 1}: {err.reason})"))
+
+
+def _fail(err: Exception) -> NoReturn:
     typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
     raise typer.Exit(1)
 
@@ -57,7 +66,8 @@ def _fail(err: Exception) -> None:
 def serve(directory: Path = DirOpt, db: Optional[str] = DbOpt,
           host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default)."),
           port: int = typer.Option(8000, help="TCP port."),
-          rotate_admin_token: bool = typer.Option(False, help="Issue a new admin token."),
+          rotate_admin_token: bool = typer.Option(
+              False, "--rotate-admin-token", help="Issue a new admin token."),
           rate_limit_per_minute: float = typer.Option(
               DEFAULT_PER_MINUTE, help="Sustained API requests per minute per token (0 = no limit)."),
           rate_limit_burst: int = typer.Option(
@@ -68,12 +78,9 @@ def serve(directory: Path = DirOpt, db: Optional[str] = DbOpt,
     """Start the annotation server (FastAPI under uvicorn)."""
     from rlhfkit.label.server import run
 
-    try:
-        if not ipaddress.ip_address(host).is_loopback:
-            typer.secho(f"warning: listening on {host}: put a TLS reverse proxy in front; tokens "
-                        "travel in clear over plain HTTP", fg=typer.colors.YELLOW, err=True)
-    except ValueError:
-        pass
+    if not _is_loopback(host):
+        typer.secho(f"warning: listening on {host}: put a TLS reverse proxy in front; tokens "
+                    "travel in clear over plain HTTP", fg=typer.colors.YELLOW, err=True)
     try:
         limit = RateLimit(rate_limit_per_minute, rate_limit_burst)
     except ValueError as err:
@@ -94,20 +101,27 @@ def create_project(
     assignment_ttl_minutes: Optional[float] = typer.Option(
         None, help="Minutes an annotator holds a task before it goes back to the pool; 0 = never "
                    "(default: 30)."),
-    strength: bool = typer.Option(True, help="Ask for preference strength (pairwise)."),
+    strength: Optional[bool] = typer.Option(
+        None, help="Ask for preference strength (pairwise and ab_eval; default: ask)."),
     seed: int = typer.Option(0, help="Seed of shown orders, gold and repeat draws."),
     directory: Path = DirOpt, db: Optional[str] = DbOpt,
 ) -> None:
     """Create a project from a candidates file."""
     from rlhfkit.label import projects
+    from rlhfkit.label.answers import KINDS, PAIR_KINDS
 
+    if strength is not None and kind in KINDS and kind not in PAIR_KINDS:
+        _fail(ValueError(f"--strength/--no-strength apply to {' and '.join(PAIR_KINDS)} only; "
+                         f"a {kind} project asks no strength"))
     lease = {} if assignment_ttl_minutes is None else {"assignment_ttl_minutes": assignment_ttl_minutes}
-    settings = projects.ProjectSettings(overlap=overlap, gold_share=gold_share,
-                                        repeat_share=repeat_share, with_strength=strength, **lease)
-    md = guidelines.read_text(encoding="utf-8") if guidelines else ""
     try:
-        engine = _engine(directory, db)
-        projects.create_project(engine, name, kind, read_candidate_sets(candidates), md, settings, seed)
+        settings = projects.ProjectSettings(
+            overlap=overlap, gold_share=gold_share, repeat_share=repeat_share,
+            with_strength=strength is not False, **lease)
+        md = _read_guidelines(guidelines) if guidelines else ""
+        sets, source = projects.read_candidate_file(candidates)
+        projects.create_project(_engine(directory, db), name, kind, sets, md, settings, seed,
+                                source)
     except projects.ProjectError as err:
         _fail(err)
     typer.echo(f"created {kind} project {name!r}")
@@ -121,7 +135,8 @@ def add_batch(name: str = typer.Argument(..., help="Project name."),
     from rlhfkit.label import projects
 
     try:
-        n = projects.add_batch(_engine(directory, db), name, read_candidate_sets(candidates))
+        sets, source = projects.read_candidate_file(candidates)
+        n = projects.add_batch(_engine(directory, db), name, sets, source)
     except projects.ProjectError as err:
         _fail(err)
     typer.echo(f"added {n} tasks to {name!r}")
@@ -193,20 +208,30 @@ def export(project: str = typer.Argument(...), out: Path = typer.Option(..., hel
            what: str = typer.Option("raw", help="raw (per annotator) | aggregated (per task)."),
            fmt: Optional[str] = typer.Option(
                None, "--format", help="jsonl | json | parquet | datasets (default: from --out)."),
-           include_judges: bool = typer.Option(False, help="Also export `judge:` annotators."),
+           include_judges: bool = typer.Option(
+               False, "--include-judges", help="Also export `judge:` annotators."),
            directory: Path = DirOpt, db: Optional[str] = DbOpt) -> None:
     """Export votes as PreferencePair / Ranking / Rating records."""
     from rlhfkit.label import projects
-    from rlhfkit.label.export import RECORD_KIND, export_records, write_records
+    from rlhfkit.label.export import RECORD_KIND, export_project, write_records
 
     if what not in ("raw", "aggregated") or fmt not in (None, "jsonl", "json", "parquet", "datasets"):
         _fail(ValueError("--what is raw|aggregated and --format is jsonl|json|parquet|datasets"))
+    if fmt is None:
+        from rlhfkit.data.io import detect_format
+
+        try:
+            detect_format(out)
+        except ValueError as err:  # a suffix that names no format: refuse before exporting
+            _fail(err)
     try:
         engine = _engine(directory, db)
         with engine.connect() as conn:
             kind = RECORD_KIND[projects.project_row(conn, project).kind]
-        records = export_records(engine, project, what, include_judges)
+        result = export_project(engine, project, what, include_judges)
     except projects.ProjectError as err:
         _fail(err)
-    n = write_records(records, out, fmt, kind)  # type: ignore[arg-type]
+    n = write_records(result.records, out, fmt, kind)  # type: ignore[arg-type]
     typer.echo(f"wrote {n} records to {out}")
+    if result.left_out:
+        typer.echo(f"left out {result.left_out} {result.left_out_what}")

@@ -9,9 +9,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
+import math
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 from sqlalchemy import JSON, Connection, Engine, bindparam, func, insert, select, update
@@ -20,6 +22,9 @@ from rlhfkit.data.schemas import CandidateSet
 from rlhfkit.label import store
 from rlhfkit.label.prepared import Prepared
 from rlhfkit.label.answers import BWS_MIN_K, KINDS, MAX_K, gold_answer
+
+RATING_SCALE = range(1, 6)
+"""Ratings an annotator can give (answers.VoteIn.rating); a rating gold value must be one."""
 
 ADMIN_TOKEN_KEY = "admin_token_sha256"
 MAX_RESPONSE_CHARS = 100_000
@@ -85,6 +90,63 @@ class ProjectSettings:
                 raise ProjectError(f"{name} must lie in [0, 1)")
         if len(self.strength_margins) != 4:
             raise ProjectError("strength_margins needs one margin per strength level (4)")
+        if not all(math.isfinite(m) for m in self.strength_margins):
+            raise ProjectError("strength_margins must be finite numbers")
+        if not 0.0 <= self.gold_threshold <= 1.0:  # also refuses NaN
+            raise ProjectError("gold_threshold must lie in [0, 1]")
+        # With 0 the report would judge annotators who saw no gold item (accuracy None).
+        if self.min_gold < 1:
+            raise ProjectError("min_gold must be ≥ 1")
+        if not self.min_seconds >= 0:
+            raise ProjectError("min_seconds must be ≥ 0")
+        if self.repeat_gap < 1:
+            raise ProjectError("repeat_gap must be ≥ 1")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a batch of candidate sets came from, so import errors read `FILE:LINE: field: …`."""
+
+    file: str = "<candidate_sets>"
+    """The JSONL path, or a stand-in for sets passed from Python."""
+    lines: tuple[int, ...] = ()
+    """Line of each set in `file`; empty = set i is on line i + 1 (one set per line)."""
+
+    def line(self, i: int) -> int:
+        return self.lines[i] if self.lines else i + 1
+
+    def at(self, i: int) -> str:
+        return f"{self.file}:{self.line(i)}"
+
+
+def read_candidate_file(path: str | Path) -> tuple[list[CandidateSet], Source]:
+    """CandidateSet records of a JSONL file and their lines; blank lines are skipped. A line
+    that is not UTF-8 or not a valid record raises ProjectError naming file, line and field."""
+    from pydantic import ValidationError
+
+    sets, lines = [], []
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ProjectError(f"{path}:{n}: not UTF-8 (byte {err.start + 1} of the line: "
+                                   f"{err.reason})") from err
+            if not line.strip():
+                continue
+            try:
+                sets.append(CandidateSet.model_validate_json(line))
+            except ValidationError as err:
+                raise ProjectError(f"{path}:{n}: " + "; ".join(
+                    f"{_field_name(e['loc'])}: {e['msg']}" if e["loc"] else e["msg"]
+                    for e in err.errors())) from err
+            lines.append(n)
+    return sets, Source(str(path), tuple(lines))
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    """Pydantic's ('candidates', 1, 'text') as `candidates[1].text`."""
+    return "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc).lstrip(".")
 
 
 def hash_token(token: str) -> str:
@@ -141,8 +203,9 @@ def project_row(conn: Connection, name: str) -> Any:
 
 def create_project(engine: Engine, name: str, kind: str, candidate_sets: Iterable[CandidateSet],
                    guidelines_md: str = "", settings: ProjectSettings | None = None,
-                   seed: int = 0) -> int:
-    """Create a project and its first batch of tasks; return the project id."""
+                   seed: int = 0, source: Source | None = None) -> int:
+    """Create a project and its first batch of tasks; return the project id. `source` names
+    the file and lines the sets came from (`read_candidate_file`), for error messages."""
     settings = settings or ProjectSettings()
     settings.check()
     if kind not in KINDS:
@@ -156,7 +219,7 @@ def create_project(engine: Engine, name: str, kind: str, candidate_sets: Iterabl
             name=name, kind=kind, guidelines_md=guidelines_md, settings=_settings_json(settings),
             seed=seed, created_at=time.time())).inserted_primary_key[0]
         log_event(conn, "cli", "project_created", pid, {"name": name, "kind": kind})
-        _insert_batch(conn, pid, kind, settings, list(candidate_sets), batch=0)
+        _insert_batch(conn, pid, kind, settings, list(candidate_sets), 0, source or Source())
     return pid
 
 
@@ -172,64 +235,101 @@ def load_settings(raw: dict[str, Any]) -> ProjectSettings:
     return ProjectSettings(**raw)
 
 
-def add_batch(engine: Engine, project: str, candidate_sets: Iterable[CandidateSet]) -> int:
+def add_batch(engine: Engine, project: str, candidate_sets: Iterable[CandidateSet],
+              source: Source | None = None) -> int:
     """Add candidate sets to a live project (e.g. from a newer checkpoint); return tasks added."""
     with store.write_transaction(engine) as conn:
         row = project_row(conn, project)
         batch = (conn.execute(select(func.max(store.item.c.batch)).where(
             store.item.c.project_id == row.id)).scalar() or 0) + 1
         n = _insert_batch(conn, row.id, row.kind, load_settings(row.settings),
-                          list(candidate_sets), batch)
+                          list(candidate_sets), batch, source or Source())
     return n
 
 
-def _task_groups(kind: str, cs: CandidateSet) -> list[tuple[int, ...]]:
-    """Candidate index tuples (data order) that become tasks for one candidate set."""
+def _task_groups(kind: str, cs: CandidateSet, where: str) -> list[tuple[int, ...]]:
+    """Candidate index tuples (data order) that become tasks for one candidate set; a set that
+    would give none is refused (it would be stored but never shown)."""
     k = len(cs.candidates)
-    if len({c.text for c in cs.candidates}) != k:
-        raise ProjectError(f"prompt {cs.prompt_id!r}: duplicate candidate texts")
+    first: dict[str, int] = {}
+    for i, c in enumerate(cs.candidates):
+        if c.text in first:
+            raise ProjectError(f"{where}: candidates[{i}].text: duplicate of "
+                               f"candidates[{first[c.text]}]")
+        first[c.text] = i
+        if len(c.text) > MAX_RESPONSE_CHARS:
+            raise ProjectError(f"{where}: candidates[{i}].text: longer than "
+                               f"{MAX_RESPONSE_CHARS} characters")
     if kind == "rating":
+        if k == 0:
+            raise ProjectError(f"{where}: prompt_id {cs.prompt_id!r}: rating needs ≥ 1 candidate")
         return [(i,) for i in range(k)]
     if kind == "pairwise":
         if k < 2:
-            raise ProjectError(f"prompt {cs.prompt_id!r}: pairwise needs ≥ 2 candidates")
+            raise ProjectError(f"{where}: prompt_id {cs.prompt_id!r}: pairwise needs ≥ 2 "
+                               f"candidates, got {k}")
         return list(itertools.combinations(range(k), 2))
     if kind == "ab_eval":
         models = [c.provenance.model for c in cs.candidates]
-        if any(m is None for m in models):
-            raise ProjectError(f"prompt {cs.prompt_id!r}: ab_eval needs provenance.model on "
-                               "every candidate")
-        return [(i, j) for i, j in itertools.combinations(range(k), 2) if models[i] != models[j]]
+        for i, m in enumerate(models):
+            if m is None:
+                raise ProjectError(f"{where}: candidates[{i}].provenance.model: missing (ab_eval "
+                                   "needs the model of every candidate)")
+        # Only pairs of different models are shown; same-model pairs compare nothing.
+        groups = [(i, j) for i, j in itertools.combinations(range(k), 2) if models[i] != models[j]]
+        if not groups:
+            raise ProjectError(f"{where}: prompt_id {cs.prompt_id!r}: ab_eval needs candidates "
+                               f"from ≥ 2 models, got {k} from {sorted(set(models))}")
+        return groups
     lo = BWS_MIN_K if kind == "bws" else 2
     if not lo <= k <= MAX_K:
-        raise ProjectError(f"prompt {cs.prompt_id!r}: {kind} needs {lo}–{MAX_K} candidates, got {k}")
+        raise ProjectError(f"{where}: prompt_id {cs.prompt_id!r}: {kind} needs {lo}–{MAX_K} "
+                           f"candidates, got {k}")
     return [tuple(range(k))]
 
 
-def _gold_scores(cs: CandidateSet) -> list[float] | None:
+def _gold_scores(kind: str, cs: CandidateSet, where: str) -> list[float] | None:
+    """The set's `meta['gold']` scores, checked: one finite number per candidate; for rating an
+    integer on the 1–5 scale, since the gold answer is compared with the annotator's rating."""
     gold = cs.meta.get("gold")
     if gold is None:
         return None
     if not isinstance(gold, list) or len(gold) != len(cs.candidates):
-        raise ProjectError(f"prompt {cs.prompt_id!r}: meta['gold'] must list one score per "
-                           "candidate")
+        raise ProjectError(f"{where}: meta.gold: must list one score per candidate "
+                           f"({len(cs.candidates)})")
+    for i, g in enumerate(gold):
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g):
+            raise ProjectError(f"{where}: meta.gold[{i}]: {g!r} is not a finite number")
+        if kind == "rating" and not (float(g).is_integer() and int(g) in RATING_SCALE):
+            raise ProjectError(f"{where}: meta.gold[{i}]: {g!r} is not a rating "
+                               f"(an integer {RATING_SCALE[0]}–{RATING_SCALE[-1]})")
     return [float(g) for g in gold]
 
 
 def _insert_batch(conn: Connection, pid: int, kind: str, settings: ProjectSettings,
-                  sets: list[CandidateSet], batch: int) -> int:
-    ids = [cs.prompt_id for cs in sets]
-    if len(set(ids)) != len(ids):
-        raise ProjectError("prompt_id values repeat within the batch")
-    n_gold = sum(_gold_scores(cs) is not None for cs in sets)
+                  sets: list[CandidateSet], batch: int, source: Source) -> int:
+    if not sets:
+        raise ProjectError(f"{source.file}: no candidate sets")
+    first_line: dict[str, int] = {}
+    for i, cs in enumerate(sets):
+        if cs.prompt_id in first_line:
+            raise ProjectError(f"{source.at(i)}: prompt_id {cs.prompt_id!r} repeats line "
+                               f"{first_line[cs.prompt_id]}")
+        first_line[cs.prompt_id] = source.line(i)
+    checked = [(_task_groups(kind, cs, source.at(i)), _gold_scores(kind, cs, source.at(i)))
+               for i, cs in enumerate(sets)]
+    n_gold = sum(scores is not None for _, scores in checked)
     if n_gold and settings.gold_share == 0:
-        raise ProjectError(f"{n_gold} candidate sets carry meta['gold'] but gold_share is 0")
+        raise ProjectError(f"{source.file}: {n_gold} candidate sets carry meta.gold but "
+                           "gold_share is 0")
+    # Gold tasks are only ever drawn at gold_share; a first batch of nothing else leaves
+    # annotators no regular task (e.g. every set from `rlhfkit sample gold_scores: true`).
+    if batch == 0 and n_gold == len(sets):
+        raise ProjectError(f"{source.file}: every candidate set carries meta.gold, so there "
+                           "would be no regular tasks; mix the gold sets into an ordinary "
+                           "candidates file (a few gold sets among sets without meta.gold)")
     tasks = []
-    for cs in sets:
-        if any(len(c.text) > MAX_RESPONSE_CHARS for c in cs.candidates):
-            raise ProjectError(f"prompt {cs.prompt_id!r}: a response exceeds "
-                               f"{MAX_RESPONSE_CHARS} characters")
-        groups, scores = _task_groups(kind, cs), _gold_scores(cs)
+    for cs, (groups, scores) in zip(sets, checked, strict=True):
         item_id = conn.execute(insert(store.item).values(
             project_id=pid, prompt_id=cs.prompt_id, prompt=_prompt_json(cs),
             meta={k: v for k, v in cs.meta.items() if k != "gold"}, batch=batch,
@@ -245,8 +345,7 @@ def _insert_batch(conn: Connection, pid: int, kind: str, settings: ProjectSettin
                 is_gold=gold is not None, gold_answer=gold, repeat_of=None,
                 overlap=UNLIMITED_OVERLAP if gold is not None else settings.overlap,
                 n_assigned=0, is_open=True, batch=batch))
-    if tasks:
-        conn.execute(insert(store.task), tasks)
+    conn.execute(insert(store.task), tasks)
     log_event(conn, "cli", "batch_added", pid, {"batch": batch, "candidate_sets": len(sets),
                                                 "tasks": len(tasks), "gold_sets": n_gold})
     return len(tasks)

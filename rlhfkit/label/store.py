@@ -173,8 +173,26 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+class StoreURLError(RuntimeError):
+    """A store URL that names no supported database, or whose driver is not installed."""
+
+
+def redact(url: str) -> str:
+    """`url` with any password masked, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL has no password we could find
+        return url
+
+
 def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite connections get WAL, foreign keys and a busy timeout."""
+    """An engine for `url`; SQLite connections get WAL, foreign keys and a busy timeout.
+    `postgresql://` and `postgres://` (the spelling of Heroku-style URLs, which SQLAlchemy no
+    longer accepts) both mean PostgreSQL through psycopg 3."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
@@ -182,13 +200,17 @@ def make_engine(url: str) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    for alias in ("postgresql://", "postgres://"):
+        if url.startswith(alias):
+            url = "postgresql+psycopg://" + url[len(alias):]
     try:
         return create_engine(url, json_serializer=_dumps, pool_pre_ping=True, pool_size=POSTGRES_POOL_SIZE)
     except ModuleNotFoundError as err:
-        raise RuntimeError(
+        raise StoreURLError(
             f"no driver for {url.split(':', 1)[0]}: install rlhfkit[postgres] ({err})") from err
+    except (NoSuchModuleError, ArgumentError) as err:
+        raise StoreURLError(f"unsupported store URL {redact(url)}: use sqlite:///PATH or "
+                            f"postgresql://user@host/db ({err})") from err
 
 
 class StoreBusy(RuntimeError):
