@@ -48,6 +48,20 @@ def _storable(text: str) -> str:
 StorableText = Annotated[str, AfterValidator(_storable)]
 
 
+def _not_blank(text: str) -> str:
+    # A whitespace-only critique or edit carries nothing; stored, a blank edit would become an
+    # invalid `chosen` at export. Refused here so the client learns it (422) at vote time.
+    if not text.strip():
+        raise ValueError("must not be blank (leave the field out instead)")
+    return text
+
+
+OptionalText = Annotated[StorableText, AfterValidator(_not_blank),
+                         Field(json_schema_extra={"pattern": r"\S"})]
+"""Storable text with more than whitespace (critique, edited response). The schema says so too
+(`\\S` is `not str.isspace()` in Python's `re`), so schema-driven clients and fuzzers know."""
+
+
 class AnswerError(ValueError):
     """A vote that does not fit its task (reported to the client as 422)."""
 
@@ -71,10 +85,11 @@ class VoteIn(BaseModel):
     """Best–worst: shown position of the best response."""
     worst: int | None = Field(None, ge=1, le=MAX_K)
     """Best–worst: shown position of the worst response."""
-    critique: StorableText | None = Field(None, max_length=MAX_CRITIQUE_CHARS)
+    critique: OptionalText | None = Field(None, max_length=MAX_CRITIQUE_CHARS)
     """Optional free-text critique."""
-    edited: StorableText | None = Field(None, max_length=MAX_EDIT_CHARS)
-    """Optional edited (improved) version of the preferred / rated response."""
+    edited: OptionalText | None = Field(None, max_length=MAX_EDIT_CHARS)
+    """Optional edited (improved) version of the response(s) put first: the preferred one, the
+    best-ranked, the best, the rated one; on a tie, both-bad or not-rankable answer, all shown."""
     elapsed_ms: int | None = Field(None, ge=0, le=86_400_000)
     """Time the annotator spent on the task, measured by the page."""
 
@@ -105,11 +120,15 @@ def _check_fields(kind: str, vote: VoteIn) -> None:
         raise AnswerError(f"field(s) {sorted(wrong)} do not apply to a {kind} task")
 
 
-def canonical_answer(kind: str, vote: VoteIn, display_order: list[int]) -> dict[str, Any]:
-    """Validate `vote` against the task and map shown positions to canonical candidates."""
+def canonical_answer(kind: str, vote: VoteIn, display_order: list[int],
+                     with_strength: bool = True) -> dict[str, Any]:
+    """Validate `vote` against the task and map shown positions to canonical candidates.
+    `with_strength`: the project asks for a strength level (without it `strength` is refused)."""
     _check_fields(kind, vote)
     k = len(display_order)
     if kind in PAIR_KINDS:
+        if vote.strength is not None and not with_strength:
+            raise AnswerError("this project does not collect `strength`; leave it out")
         return _pair_answer(vote, display_order)
     if kind == "ranking":
         return _ranking_answer(vote, k, display_order)

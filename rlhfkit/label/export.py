@@ -2,15 +2,22 @@
 
 `raw`: one record per annotator per task, nothing merged (OA #3389: always keep raw votes):
 - pairwise / ab_eval → `PreferencePair` (tie / both-bad as `tie=True`; margin from the strength
-  level via `strength_margins`); an edited response adds a pair chosen=edited, rejected=original;
-- ranking → `Ranking` (not-rankable answers are left out); best–worst → `Ranking` with
-  best = 1, the others tied at 2, worst = K;
-- rating → `Rating`.
+  level via `strength_margins`);
+- ranking → `Ranking` (not-rankable answers are left out and counted); best–worst → `Ranking`
+  with best = 1, the others tied at 2, worst = K;
+- rating → `Rating`;
+- an edited response is an improvement on what the annotator put first (the winner, the rank-1
+  group, the best; every shown response after a tie, both-bad or not-rankable), so it adds one
+  comparison edit ≻ that response for each of them, in the project's record kind
+  (`PreferencePair`, or a two-response `Ranking`), `meta.source = "edit"`. A `Rating` cannot
+  hold a comparison: a rating task's edit travels in its record's `meta.edited`.
 `aggregated`: one record per task:
-- pairwise → majority label; margin = mean over votes of the signed margin (+m for the winner,
-  −m against, 0 for a tie; m = strength margin, or 1 without strength, which makes it the
-  vote-share margin (n_win − n_lose) / n);
-- ranking / best–worst → ranks by Bradley–Terry strength over the implied pairwise votes;
+- pairwise → majority label; no majority (a split such as 1–1) → a tie with `meta.split`;
+  margin = mean signed margin over the votes that have one (+m for the winner, −m against, 0 for
+  a tie; m = the strength margin; in a project without strength m = 1 for every vote, which
+  makes it the vote-share margin (n_win − n_lose) / n); None when no decisive vote has one;
+- ranking / best–worst → ranks by Bradley–Terry strength over the implied pairwise votes (a
+  split gives tied ranks); a task whose every vote is not-rankable is left out and counted;
 - rating → the lower median rating per response.
 Annotators appear only by pseudonym. Provenance travels with every record (admins only).
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
@@ -45,9 +53,21 @@ def _candidates(engine: Engine, project_id: int) -> tuple[dict[int, Any], dict[i
     return cands, items
 
 
-def export_records(engine: Engine, project: str, what: Literal["raw", "aggregated"] = "raw",
-                   include_judges: bool = False) -> list[Record]:
-    """Records of `project` (see module docstring); judges (`judge:` names) only on request."""
+@dataclass(frozen=True)
+class Export:
+    """An export's records and what had no record (so a caller can say so, never drop silently)."""
+
+    records: list[Record]
+    left_out: int
+    """Not-rankable votes (raw) or tasks whose every vote was not-rankable (aggregated)."""
+    left_out_what: str
+    """What `left_out` counts, in words, e.g. for `f"left out {n} {left_out_what}"`."""
+
+
+def export_project(engine: Engine, project: str, what: Literal["raw", "aggregated"] = "raw",
+                   include_judges: bool = False) -> Export:
+    """Records of `project` (see module docstring) and how many had none; judges (`judge:`
+    names) only on request."""
     with engine.connect() as conn:
         proj = project_row(conn, project)
     settings = load_settings(proj.settings)
@@ -55,21 +75,33 @@ def export_records(engine: Engine, project: str, what: Literal["raw", "aggregate
              if not v.skipped and v.answer is not None
              and (include_judges or not v.annotator.startswith(JUDGE_PREFIX))]
     cands, items = _candidates(engine, proj.id)
-    ctx = _Ctx(proj.kind, settings.strength_margins, cands, items)
+    ctx = _Ctx(proj.kind, settings.strength_margins, settings.with_strength, cands, items)
     if what == "raw":
-        return [r for v in votes for r in ctx.raw(v)]
+        records = [r for v in votes for r in ctx.raw(v)]
+        unrankable = sum(v.answer.get("not_rankable", False) for v in votes)
+        return Export(records, unrankable, "not-rankable votes")
     by_task: dict[int, list[Vote]] = defaultdict(list)
     for v in votes:
         if v.repeat_of is None:
             by_task[v.task_id].append(v)
-    return [r for group in by_task.values() for r in ctx.aggregated(group)]
+    per_task = [ctx.aggregated(group) for group in by_task.values()]
+    return Export([r for rs in per_task for r in rs], sum(not rs for rs in per_task),
+                  "tasks whose every vote was not-rankable")
+
+
+def export_records(engine: Engine, project: str, what: Literal["raw", "aggregated"] = "raw",
+                   include_judges: bool = False) -> list[Record]:
+    """The records of `export_project` alone (its `left_out` count is not reported)."""
+    return export_project(engine, project, what, include_judges).records
 
 
 class _Ctx:
     """Turns votes of one project into records (texts and provenance looked up by id)."""
 
-    def __init__(self, kind: str, margins: tuple[float, ...], cands: dict, items: dict) -> None:
-        self.kind, self.margins, self.cands, self.items = kind, margins, cands, items
+    def __init__(self, kind: str, margins: tuple[float, ...], with_strength: bool, cands: dict,
+                 items: dict) -> None:
+        self.kind, self.margins, self.with_strength = kind, margins, with_strength
+        self.cands, self.items = cands, items
 
     def _common(self, v: Vote) -> dict[str, Any]:
         item = self.items[v.item_id]
@@ -86,25 +118,41 @@ class _Ctx:
                 "is_gold": v.is_gold, "repeat_of": v.repeat_of, "critique": v.critique}
         base = {**self._common(v), "annotator": v.pseudonym}
         a = v.answer
+        # Votes stored before blank edits were refused may hold one: it carries nothing.
+        edited = v.edited if v.edited and v.edited.strip() else None
+        if self.kind == "rating":
+            return [Rating(**base, response=self._text(v, 0), rating=a["rating"],
+                           provenance=self._prov(v, 0),
+                           meta={**meta, "edited": edited} if edited else meta)]
+        out: list[Record] = []
         if self.kind in PAIR_KINDS:
             w = a["winner"]
             c, r = (w, 1 - w) if w is not None else (0, 1)
             margin = self.margins[a["strength"]] if a.get("strength") is not None else None
-            out: list[Record] = [self._pair(v, c, r, base, margin=margin, strength=a["strength"],
-                                            tie=w is None, meta={**meta, "both_bad": a["both_bad"]})]
-            edited = v.edited
-            if edited and edited != self._text(v, c):
-                out.append(PreferencePair(**base, chosen=edited, rejected=self._text(v, c),
-                                          rejected_provenance=self._prov(v, c),
-                                          meta={**meta, "source": "edit"}))
-            return out
-        if self.kind == "rating":
-            return [Rating(**base, response=self._text(v, 0), rating=a["rating"],
-                           provenance=self._prov(v, 0), meta=meta)]
-        ranks = a["ranks"] if self.kind == "ranking" else _bws_ranks(a, len(v.candidate_ids))
-        if ranks is None:
-            return []
-        return [self._ranking(v, ranks, base, meta)]
+            out.append(self._pair(v, c, r, base, margin=margin, strength=a["strength"],
+                                  tie=w is None, meta={**meta, "both_bad": a["both_bad"]}))
+        else:
+            ranks = a["ranks"] if self.kind == "ranking" else _bws_ranks(a, len(v.candidate_ids))
+            if ranks is not None:
+                out.append(self._ranking(v, ranks, base, meta))
+        if edited:
+            out += self._edits(v, edited, base, {**meta, "source": "edit"})
+        return out
+
+    def _edits(self, v: Vote, edited: str, base: dict, meta: dict) -> list[Record]:
+        """edit ≻ each response the annotator put first (an edit identical to it is no
+        comparison), as a pair or a two-response ranking."""
+        out: list[Record] = []
+        for i in _put_first(self.kind, v.answer, len(v.candidate_ids)):
+            if edited.strip() == self._text(v, i).strip():
+                continue
+            if self.kind in PAIR_KINDS:
+                out.append(PreferencePair(**base, chosen=edited, rejected=self._text(v, i),
+                                          rejected_provenance=self._prov(v, i), meta=meta))
+            else:
+                out.append(Ranking(**base, responses=[edited, self._text(v, i)], ranks=[1, 2],
+                                   provenance=[Provenance(), self._prov(v, i)], meta=meta))
+        return out
 
     def _pair(self, v: Vote, c: int, r: int, base: dict, **kw: Any) -> PreferencePair:
         return PreferencePair(**base, chosen=self._text(v, c), rejected=self._text(v, r),
@@ -122,7 +170,7 @@ class _Ctx:
                 "annotators": [v.pseudonym for v in group], "is_gold": v0.is_gold}
         base = self._common(v0)
         if self.kind in PAIR_KINDS:
-            return self._aggregate_pair(group, base, meta)
+            return [self._aggregate_pair(group, base, meta)]
         if self.kind == "rating":
             rating = statistics.median_low([v.answer["rating"] for v in group])
             return [Rating(**base, response=self._text(v0, 0), rating=rating,
@@ -135,28 +183,53 @@ class _Ctx:
                     ties.append((i, j))
                 else:
                     wins.append((label, j if label == i else i))
-        if not wins and not ties:
+        if not wins and not ties:  # every vote not-rankable: counted by `export_project`
             return []
         theta = ag.bradley_terry(k, wins, ties)
         ranks = [1 + sum(o > t + 1e-9 for o in theta) for t in theta]
         return [self._ranking(v0, ranks, base, {**meta, "bt_theta": theta})]
 
-    def _aggregate_pair(self, group: list[Vote], base: dict, meta: dict) -> list[Record]:
+    def _aggregate_pair(self, group: list[Vote], base: dict, meta: dict) -> PreferencePair:
         labels = ["tie" if v.answer["winner"] is None else v.answer["winner"] for v in group]
         label, share = ag.majority(labels)
-        if label is None:
-            return []
-        meta = {**meta, "agreement": share}
-        if label == "tie":
-            return [self._pair(group[0], 0, 1, base, tie=True, meta=meta)]
-        signed = []
+        # No majority (1–1, or 1 each for A, B and tie): the honest aggregate is a tie, as
+        # Bradley–Terry with ties reads opposite votes; `split` tells it from a voted tie.
+        meta = {**meta, "agreement": share, "split": label is None}
+        if label is None or label == "tie":
+            return self._pair(group[0], 0, 1, base, tie=True, meta=meta)
+        return self._pair(group[0], label, 1 - label, base, margin=self._margin(group, label),
+                          meta=meta)
+
+    def _margin(self, group: list[Vote], label: int) -> float | None:
+        """Mean signed margin over the votes that have one: +m for `label`, −m against, 0 for a
+        tie. m = the strength margin; 1 for every vote when the project collects no strength.
+        A decisive vote without a strength has no margin (not the strongest); None when no
+        decisive vote has one."""
+        signed, decisive = [], 0
         for v in group:
-            s = v.answer.get("strength")
-            m = self.margins[s] if s is not None else 1.0
-            signed.append(0.0 if v.answer["winner"] is None else
-                          (m if v.answer["winner"] == label else -m))
-        return [self._pair(group[0], label, 1 - label, base,
-                           margin=sum(signed) / len(signed), meta=meta)]
+            w, s = v.answer["winner"], v.answer.get("strength")
+            if w is None:
+                signed.append(0.0)
+                continue
+            if self.with_strength and s is None:
+                continue
+            m = self.margins[s] if self.with_strength else 1.0
+            signed.append(m if w == label else -m)
+            decisive += 1
+        return sum(signed) / len(signed) if decisive else None
+
+
+def _put_first(kind: str, answer: dict, k: int) -> list[int]:
+    """Candidates the annotator put first: the winner, the rank-1 group, the best; all of them
+    after a tie, both-bad or not-rankable answer (an edit then improves on every one)."""
+    if kind in PAIR_KINDS:
+        return [answer["winner"]] if answer["winner"] is not None else list(range(k))
+    if kind == "ranking":
+        ranks = answer["ranks"]
+        return [i for i in range(k) if ranks is None or ranks[i] == 1]
+    if kind == "bws":
+        return [answer["best"]]
+    return [0]
 
 
 def _bws_ranks(answer: dict, k: int) -> list[int]:
