@@ -126,9 +126,10 @@ def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, fl
 
 
 def position_bias(first_won: Sequence[bool]) -> dict[str, Any]:
-    """P(first-shown response wins) over decisive pairwise votes, with a Wilson 95 % interval.
+    """P(first-shown response wins) over votes with a single winner, with a Wilson 95 % interval.
 
-    0.5 means no position effect; an interval excluding 0.5 flags a bias.
+    Without a position effect it is 1/k for k responses shown (½ for pairwise decisive votes);
+    an interval excluding that flags a bias.
     """
     n, k = len(first_won), sum(first_won)
     return {"p_first_wins": k / n if n else None, "n": n, "ci95": wilson_interval(k, n)}

@@ -8,12 +8,18 @@ Which task comes next, in this order:
 2. a due repeat: an earlier task of theirs shown again with the order reversed;
 3. a gold task, with probability `gold_share` per new item (seeded);
 4. the oldest open task they have not seen; claiming it bumps `n_assigned` under
-   `WHERE is_open`, so two claimers can never push a task past its overlap.
+   `WHERE is_open`, so two claimers can never push a task past its overlap;
+5. when no regular task is left for them: an unseen gold task, then a pending repeat whose gap
+   has not run yet (so repeats drawn near the end of the queue are still shown).
 
-Shown order: a seeded base permutation per task, rotated by the claim slot (the k-th annotator
-of a task gets rotation k). Across any K consecutive annotators of a task every candidate is
-shown first exactly once, so position effects cancel task by task; the order is stored on the
-assignment and never changes for that annotator.
+Shown order: a seeded base permutation per task, rotated so that the candidate shown first is
+the one shown first least often among the task's live (open or voted) assignments, the lowest
+rotation on a tie. Without skips or expiries that is rotation k for the k-th annotator; a skipped
+or expired assignment's rotation is handed out again. So while a task has at most K (the number
+of candidates) live assignments, each shows a different candidate first (each candidate exactly
+once at K), and position effects cancel task by task. The order is stored on the assignment and
+never changes for that annotator, so a late answer to an expired assignment keeps its old order
+and may repeat the rotation of whoever took the slot meanwhile.
 
 Leases: before a hand-out (at most once a second per project and process), open assignments of
 the project older than `assignment_ttl_minutes` are marked `expired` and their overlap slots
@@ -29,10 +35,13 @@ from __future__ import annotations
 import random
 import time
 import weakref
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import JSON, Connection, Engine, and_, bindparam, exists, func, insert, select, update
+from sqlalchemy import (JSON, Connection, Engine, and_, bindparam, exists, func, insert, or_, select,
+                        update)
 
 from rlhfkit.label import store
 from rlhfkit.label.prepared import Prepared
@@ -70,6 +79,8 @@ _PICK_SELECT = {gold: select(_Q.c.id).where(
     ~exists().where(A.c.task_id == _Q.c.id, A.c.annotator_id == bindparam("b_aid")),
 ).order_by(_Q.c.id).limit(1) for gold in (False, True)}
 _PICK = {gold: Prepared(pick) for gold, pick in _PICK_SELECT.items()}
+_LIVE_ORDERS = Prepared(select(A.c.display_order).where(
+    A.c.task_id == bindparam("b_tid"), or_(A.c.status == "open", A.c.status == "voted")))
 _BUMP_VALUES = {"n_assigned": T.c.n_assigned + 1, "is_open": (T.c.n_assigned + 1) < T.c.overlap}
 _BUMP = Prepared(update(T).where(T.c.id == bindparam("b_tid"), T.c.is_open.is_(True))
                  .values(_BUMP_VALUES).returning(T.c.n_assigned))
@@ -167,6 +178,15 @@ def display_order(seed: int, task_id: int, slot: int, k: int) -> list[int]:
     return base[r:] + base[:r]
 
 
+def least_used_rotation(base: list[int], shown_first: Iterable[int]) -> int:
+    """The rotation r of `base` (shown first: `base[r]`) whose first candidate occurs least often
+    in `shown_first` (the first-shown candidates of the task's live assignments), lowest r on a
+    tie. Handing out rotations 0, 1, … in turn is a special case; unlike a slot counter, a rotation
+    freed by a skip or an expiry is reused instead of being given twice."""
+    uses = Counter(shown_first)
+    return min(range(len(base)), key=lambda r: (uses[base[r]], r))
+
+
 def _uniform(*key: object) -> float:
     """A reproducible U(0, 1) draw for `key` (string seeding hashes with SHA-512)."""
     return random.Random(":".join(map(str, key))).random()
@@ -224,14 +244,19 @@ def next_task(conn: Connection, who: Annotator, after_seq: int | None = None,
             return _task_view(conn, who, row.task_id, row.display_order, row.seq)
         after_seq = _MAX_SEQ(conn, {"b_aid": who.id}).scalar() or 0
     seq = after_seq + 1
-    claimed = None
-    if who.settings.repeat_share > 0:
-        claimed = _claim_repeat(conn, who, seq, now)
-    if claimed is None and who.settings.gold_share > 0 \
-            and _uniform(who.seed, "gold", who.id, seq) < who.settings.gold_share:
+    repeats, gold_share = who.settings.repeat_share > 0, who.settings.gold_share
+    gold_drawn = gold_share > 0 and _uniform(who.seed, "gold", who.id, seq) < gold_share
+    claimed = _claim_repeat(conn, who, seq, now, due_only=True) if repeats else None
+    if claimed is None and gold_drawn:
         claimed = _claim(conn, who, seq, now, gold=True)
     if claimed is None:
         claimed = _claim(conn, who, seq, now, gold=False)
+    # The regular queue ran out for this annotator: unseen gold tasks, then repeats not yet due,
+    # come before "nothing left" (else they would never be shown).
+    if claimed is None and gold_share > 0 and not gold_drawn:
+        claimed = _claim(conn, who, seq, now, gold=True)
+    if claimed is None and repeats:
+        claimed = _claim_repeat(conn, who, seq, now, due_only=False)
     if claimed is None:
         return None
     task_id, order = claimed
@@ -252,24 +277,42 @@ def _claim(conn: Connection, who: Annotator, seq: int, now: float,
             return None
         got = _CLAIM[gold](conn, params).first()
         retries += 1
-    order = display_order(who.seed, got.id, got.n_assigned - 1, len(got.candidate_ids))
+    k = len(got.candidate_ids)
+    base = display_order(who.seed, got.id, 0, k)
+    rotation = 0
+    # `n_assigned` counts the task's live assignments, ours included: only when others are live
+    # is there a rotation to avoid. Our claim holds the task row (the UPDATE's lock on
+    # PostgreSQL, the writer lock on SQLite) until COMMIT, so no concurrent claim of this task
+    # can be missing from what we read here.
+    if got.n_assigned > 1:
+        live = _LIVE_ORDERS(conn, {"b_tid": got.id}).all()
+        rotation = least_used_rotation(base, (row.display_order[0] for row in live))
+    order = base[rotation:] + base[:rotation]
     _insert_assignment(conn, who, got.id, seq, order, now)
     return got.id, order
 
 
-def _claim_repeat(conn: Connection, who: Annotator, seq: int,
-                  now: float) -> tuple[int, list[int]] | None:
-    due = conn.execute(select(A.c.id, A.c.task_id, A.c.display_order).where(
-        A.c.annotator_id == who.id, A.c.repeat_after.is_not(None), A.c.repeat_after < seq,
-    ).order_by(A.c.repeat_after).limit(1)).first()
+def _claim_repeat(conn: Connection, who: Annotator, seq: int, now: float,
+                  due_only: bool) -> tuple[int, list[int]] | None:
+    """Show the annotator's oldest pending repeat: only one whose gap has run (`due_only`), or
+    any (their queue of new tasks is empty)."""
+    pending = [A.c.annotator_id == who.id, A.c.repeat_after.is_not(None)]
+    if due_only:
+        pending.append(A.c.repeat_after < seq)
+    due = conn.execute(select(A.c.id, A.c.task_id, A.c.display_order).where(*pending)
+                       .order_by(A.c.repeat_after).limit(1)).first()
     if due is None:
+        return None
+    # Taken before the copy is made: of two concurrent fetches by the same annotator only one
+    # gets the repeat (the other's UPDATE waits for its commit and then matches no row).
+    if conn.execute(update(A).where(A.c.id == due.id, A.c.repeat_after.is_not(None))
+                    .values(repeat_after=None)).rowcount != 1:
         return None
     orig = conn.execute(select(T).where(T.c.id == due.task_id)).one()
     task_id = conn.execute(insert(T).values(
         project_id=orig.project_id, item_id=orig.item_id, candidate_ids=orig.candidate_ids,
         is_gold=False, gold_answer=None, repeat_of=orig.id, overlap=1, n_assigned=1,
         is_open=False, batch=orig.batch)).inserted_primary_key[0]
-    conn.execute(update(A).where(A.c.id == due.id).values(repeat_after=None))
     order = list(reversed(due.display_order))
     _insert_assignment(conn, who, task_id, seq, order, now)
     return task_id, order
@@ -319,7 +362,7 @@ def submit_vote(conn: Connection, who: Annotator, task_id: int, vote: VoteIn,
     Raises NotFound, AlreadySubmitted, AssignmentExpired or AnswerError."""
     now = time.time() if now is None else now
     row = _answerable(conn, who, task_id)
-    answer = canonical_answer(who.kind, vote, row.display_order)
+    answer = canonical_answer(who.kind, vote, row.display_order, who.settings.with_strength)
     if row.status == "expired":
         _retake_slot(conn, who, row, task_id)
     repeat_after = None

@@ -137,11 +137,20 @@ def self_consistency(kind: str, votes: list[Vote]) -> dict[str, Any]:
 
 
 def _first_won(kind: str, votes: list[Vote]) -> list[bool]:
-    if kind not in PAIR_KINDS:
-        return [v.answer["best"] == v.display_order[0] for v in votes
-                if kind == "bws" and v.answer is not None]
-    return [v.answer["first_shown_won"] for v in votes
-            if v.answer is not None and v.answer["winner"] is not None]
+    """Per vote with a single winner: did the first-shown candidate win? Pairwise: decisive
+    votes (chance ½). Best–worst: picked as best (chance 1/k). Ranking: ranked best alone, over
+    the rankings with one candidate on top (chance 1/k); a tie on top is left out, as a pairwise
+    tie is. Ratings have no winner."""
+    if kind in PAIR_KINDS:
+        return [v.answer["first_shown_won"] for v in votes
+                if v.answer is not None and v.answer["winner"] is not None]
+    if kind == "bws":
+        return [v.answer["best"] == v.display_order[0] for v in votes if v.answer is not None]
+    if kind == "ranking":
+        return [v.answer["ranks"][v.display_order[0]] == 1 for v in votes
+                if v.answer is not None and v.answer["ranks"] is not None
+                and v.answer["ranks"].count(1) == 1]
+    return []
 
 
 def _gold(kind: str, votes: list[Vote]) -> dict[str, Any]:
