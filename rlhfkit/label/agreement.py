@@ -125,14 +125,13 @@ def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, fl
     return centre - half, centre + half
 
 
-def position_bias(first_won: Sequence[bool]) -> dict[str, Any]:
-    """P(first-shown response wins) over votes with a single winner, with a Wilson 95 % interval.
-
-    Without a position effect it is 1/k for k responses shown (½ for pairwise decisive votes);
-    an interval excluding that flags a bias.
-    """
+def position_bias(first_won: Sequence[bool], shown: Sequence[int]) -> dict[str, Any]:
+    """P(first-shown response wins) over votes with a single winner, with a Wilson 95 % interval,
+    beside its chance level: the mean of 1/k over the votes, k = responses shown (½ for pairwise
+    decisive votes). An interval excluding the chance level flags a bias."""
     n, k = len(first_won), sum(first_won)
-    return {"p_first_wins": k / n if n else None, "n": n, "ci95": wilson_interval(k, n)}
+    return {"p_first_wins": k / n if n else None, "chance": sum(1 / s for s in shown) / n if n else None,
+            "n": n, "ci95": wilson_interval(k, n)}
 
 
 def win_rate(outcomes: Sequence[float]) -> dict[str, Any]:

@@ -299,21 +299,21 @@ def _claim_repeat(conn: Connection, who: Annotator, seq: int, now: float,
     pending = [A.c.annotator_id == who.id, A.c.repeat_after.is_not(None)]
     if due_only:
         pending.append(A.c.repeat_after < seq)
-    due = conn.execute(select(A.c.id, A.c.task_id, A.c.display_order).where(*pending)
-                       .order_by(A.c.repeat_after).limit(1)).first()
-    if due is None:
+    oldest = conn.execute(select(A.c.id, A.c.task_id, A.c.display_order).where(*pending)
+                          .order_by(A.c.repeat_after).limit(1)).first()
+    if oldest is None:
         return None
     # Taken before the copy is made: of two concurrent fetches by the same annotator only one
     # gets the repeat (the other's UPDATE waits for its commit and then matches no row).
-    if conn.execute(update(A).where(A.c.id == due.id, A.c.repeat_after.is_not(None))
+    if conn.execute(update(A).where(A.c.id == oldest.id, A.c.repeat_after.is_not(None))
                     .values(repeat_after=None)).rowcount != 1:
         return None
-    orig = conn.execute(select(T).where(T.c.id == due.task_id)).one()
+    orig = conn.execute(select(T).where(T.c.id == oldest.task_id)).one()
     task_id = conn.execute(insert(T).values(
         project_id=orig.project_id, item_id=orig.item_id, candidate_ids=orig.candidate_ids,
         is_gold=False, gold_answer=None, repeat_of=orig.id, overlap=1, n_assigned=1,
         is_open=False, batch=orig.batch)).inserted_primary_key[0]
-    order = list(reversed(due.display_order))
+    order = list(reversed(oldest.display_order))
     _insert_assignment(conn, who, task_id, seq, order, now)
     return task_id, order
 

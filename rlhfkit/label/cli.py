@@ -120,11 +120,12 @@ def create_project(
             with_strength=strength is not False, **lease)
         md = _read_guidelines(guidelines) if guidelines else ""
         sets, source = projects.read_candidate_file(candidates)
-        projects.create_project(_engine(directory, db), name, kind, sets, md, settings, seed,
-                                source)
+        added = projects.create_project(_engine(directory, db), name, kind, sets, md, settings, seed,
+                                        source)
     except projects.ProjectError as err:
         _fail(err)
-    typer.echo(f"created {kind} project {name!r}")
+    typer.echo(f"created {kind} project {name!r}: {added.tasks} tasks")
+    _say_without_task(added)
 
 
 @app.command("add-batch")
@@ -136,10 +137,19 @@ def add_batch(name: str = typer.Argument(..., help="Project name."),
 
     try:
         sets, source = projects.read_candidate_file(candidates)
-        n = projects.add_batch(_engine(directory, db), name, sets, source)
+        added = projects.add_batch(_engine(directory, db), name, sets, source)
     except projects.ProjectError as err:
         _fail(err)
-    typer.echo(f"added {n} tasks to {name!r}")
+    typer.echo(f"added {added.tasks} tasks to {name!r}")
+    _say_without_task(added)
+
+
+def _say_without_task(added) -> None:
+    if added.sets_without_task:
+        shown = ", ".join(map(repr, added.sets_without_task[:5]))
+        more = f" and {len(added.sets_without_task) - 5} more" if len(added.sets_without_task) > 5 else ""
+        typer.echo(f"left out {len(added.sets_without_task)} candidate sets whose candidates all come from "
+                   f"one model (nothing to compare): {shown}{more}")
 
 
 @app.command("add-annotator")
@@ -190,7 +200,8 @@ def stats(project: str = typer.Argument(...), as_json: bool = typer.Option(False
     typer.echo(f"agreement: raw {_f(a['raw'])} (without ties {_f(a['raw_without_ties'])}), "
                f"Cohen κ {_f(a['cohen_kappa'])}, Fleiss κ {_f(a['fleiss_kappa'])}, "
                f"Krippendorff α {_f(a['krippendorff_alpha'])}")
-    typer.echo(f"P(first shown wins) {_f(rep['position_bias']['p_first_wins'])}, "
+    typer.echo(f"P(first shown wins) {_f(rep['position_bias']['p_first_wins'])} "
+               f"(chance {_f(rep['position_bias']['chance'])}), "
                f"self-consistency {_f(rep['self_consistency']['value'])}, "
                f"gold accuracy {_f(rep['gold']['accuracy'])}")
     for row in rep["annotator_stats"]:

@@ -79,7 +79,7 @@ def export_project(engine: Engine, project: str, what: Literal["raw", "aggregate
     if what == "raw":
         records = [r for v in votes for r in ctx.raw(v)]
         unrankable = sum(v.answer.get("not_rankable", False) for v in votes)
-        return Export(records, unrankable, "not-rankable votes")
+        return Export(records, unrankable, "not-rankable votes without a ranking record")
     by_task: dict[int, list[Vote]] = defaultdict(list)
     for v in votes:
         if v.repeat_of is None:
@@ -136,16 +136,19 @@ class _Ctx:
             if ranks is not None:
                 out.append(self._ranking(v, ranks, base, meta))
         if edited:
-            out += self._edits(v, edited, base, {**meta, "source": "edit"})
+            # The edit's records compare two texts: the vote's shown order does not apply.
+            out += self._edits(v, edited, base, {**meta, "shown_order": None, "source": "edit"})
         return out
 
     def _edits(self, v: Vote, edited: str, base: dict, meta: dict) -> list[Record]:
-        """edit ≻ each response the annotator put first (an edit identical to it is no
-        comparison), as a pair or a two-response ranking."""
+        """edit ≻ each response the annotator put first, as a pair or a two-response ranking. An
+        edit identical to any shown response is no edit (pasting the other response back would
+        otherwise read as a preference against the vote)."""
+        k = len(v.candidate_ids)
+        if edited.strip() in {self._text(v, i).strip() for i in range(k)}:
+            return []
         out: list[Record] = []
-        for i in _put_first(self.kind, v.answer, len(v.candidate_ids)):
-            if edited.strip() == self._text(v, i).strip():
-                continue
+        for i in _put_first(self.kind, v.answer, k):
             if self.kind in PAIR_KINDS:
                 out.append(PreferencePair(**base, chosen=edited, rejected=self._text(v, i),
                                           rejected_provenance=self._prov(v, i), meta=meta))

@@ -201,11 +201,21 @@ def project_row(conn: Connection, name: str) -> Any:
     return row
 
 
+@dataclass(frozen=True)
+class BatchAdded:
+    """What a batch of candidate sets became."""
+
+    project_id: int
+    tasks: int
+    sets_without_task: list[str]
+    """prompt_ids of ab_eval sets whose candidates all come from one model (nothing to compare)."""
+
+
 def create_project(engine: Engine, name: str, kind: str, candidate_sets: Iterable[CandidateSet],
                    guidelines_md: str = "", settings: ProjectSettings | None = None,
-                   seed: int = 0, source: Source | None = None) -> int:
-    """Create a project and its first batch of tasks; return the project id. `source` names
-    the file and lines the sets came from (`read_candidate_file`), for error messages."""
+                   seed: int = 0, source: Source | None = None) -> BatchAdded:
+    """Create a project and its first batch of tasks. `source` names the file and lines the
+    sets came from (`read_candidate_file`), for error messages."""
     settings = settings or ProjectSettings()
     settings.check()
     if kind not in KINDS:
@@ -219,8 +229,7 @@ def create_project(engine: Engine, name: str, kind: str, candidate_sets: Iterabl
             name=name, kind=kind, guidelines_md=guidelines_md, settings=_settings_json(settings),
             seed=seed, created_at=time.time())).inserted_primary_key[0]
         log_event(conn, "cli", "project_created", pid, {"name": name, "kind": kind})
-        _insert_batch(conn, pid, kind, settings, list(candidate_sets), 0, source or Source())
-    return pid
+        return _insert_batch(conn, pid, kind, settings, list(candidate_sets), 0, source or Source())
 
 
 def _settings_json(settings: ProjectSettings) -> dict[str, Any]:
@@ -236,15 +245,14 @@ def load_settings(raw: dict[str, Any]) -> ProjectSettings:
 
 
 def add_batch(engine: Engine, project: str, candidate_sets: Iterable[CandidateSet],
-              source: Source | None = None) -> int:
-    """Add candidate sets to a live project (e.g. from a newer checkpoint); return tasks added."""
+              source: Source | None = None) -> BatchAdded:
+    """Add candidate sets to a live project (e.g. from a newer checkpoint)."""
     with store.write_transaction(engine) as conn:
         row = project_row(conn, project)
         batch = (conn.execute(select(func.max(store.item.c.batch)).where(
             store.item.c.project_id == row.id)).scalar() or 0) + 1
-        n = _insert_batch(conn, row.id, row.kind, load_settings(row.settings),
-                          list(candidate_sets), batch, source or Source())
-    return n
+        return _insert_batch(conn, row.id, row.kind, load_settings(row.settings),
+                             list(candidate_sets), batch, source or Source())
 
 
 def _task_groups(kind: str, cs: CandidateSet, where: str) -> list[tuple[int, ...]]:
@@ -275,12 +283,10 @@ def _task_groups(kind: str, cs: CandidateSet, where: str) -> list[tuple[int, ...
             if m is None:
                 raise ProjectError(f"{where}: candidates[{i}].provenance.model: missing (ab_eval "
                                    "needs the model of every candidate)")
-        # Only pairs of different models are shown; same-model pairs compare nothing.
-        groups = [(i, j) for i, j in itertools.combinations(range(k), 2) if models[i] != models[j]]
-        if not groups:
-            raise ProjectError(f"{where}: prompt_id {cs.prompt_id!r}: ab_eval needs candidates "
-                               f"from ≥ 2 models, got {k} from {sorted(set(models))}")
-        return groups
+        # Only pairs of different models are shown; same-model pairs compare nothing, and a set
+        # from one model (`rlhfkit sample` keeps one copy of a text two variants share) gives
+        # no task: `_insert_batch` counts it.
+        return [(i, j) for i, j in itertools.combinations(range(k), 2) if models[i] != models[j]]
     lo = BWS_MIN_K if kind == "bws" else 2
     if not lo <= k <= MAX_K:
         raise ProjectError(f"{where}: prompt_id {cs.prompt_id!r}: {kind} needs {lo}–{MAX_K} "
@@ -307,7 +313,7 @@ def _gold_scores(kind: str, cs: CandidateSet, where: str) -> list[float] | None:
 
 
 def _insert_batch(conn: Connection, pid: int, kind: str, settings: ProjectSettings,
-                  sets: list[CandidateSet], batch: int, source: Source) -> int:
+                  sets: list[CandidateSet], batch: int, source: Source) -> BatchAdded:
     if not sets:
         raise ProjectError(f"{source.file}: no candidate sets")
     first_line: dict[str, int] = {}
@@ -318,6 +324,11 @@ def _insert_batch(conn: Connection, pid: int, kind: str, settings: ProjectSettin
         first_line[cs.prompt_id] = source.line(i)
     checked = [(_task_groups(kind, cs, source.at(i)), _gold_scores(kind, cs, source.at(i)))
                for i, cs in enumerate(sets)]
+    without_task = [cs.prompt_id for cs, (groups, _) in zip(sets, checked) if not groups]
+    if len(without_task) == len(sets):
+        raise ProjectError(f"{source.file}: no set gives a task (ab_eval needs candidates from ≥ 2 "
+                           "models in a set)")
+    sets, checked = zip(*[(cs, c) for cs, c in zip(sets, checked) if c[0]])
     n_gold = sum(scores is not None for _, scores in checked)
     if n_gold and settings.gold_share == 0:
         raise ProjectError(f"{source.file}: {n_gold} candidate sets carry meta.gold but "
@@ -347,8 +358,9 @@ def _insert_batch(conn: Connection, pid: int, kind: str, settings: ProjectSettin
                 n_assigned=0, is_open=True, batch=batch))
     conn.execute(insert(store.task), tasks)
     log_event(conn, "cli", "batch_added", pid, {"batch": batch, "candidate_sets": len(sets),
-                                                "tasks": len(tasks), "gold_sets": n_gold})
-    return len(tasks)
+                                                "tasks": len(tasks), "gold_sets": n_gold,
+                                                "sets_without_task": len(without_task)})
+    return BatchAdded(pid, len(tasks), without_task)
 
 
 def _prompt_json(cs: CandidateSet) -> Any:

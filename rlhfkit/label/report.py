@@ -136,21 +136,22 @@ def self_consistency(kind: str, votes: list[Vote]) -> dict[str, Any]:
     return {"value": sum(same) / len(same) if same else None, "n": len(same)}
 
 
-def _first_won(kind: str, votes: list[Vote]) -> list[bool]:
-    """Per vote with a single winner: did the first-shown candidate win? Pairwise: decisive
-    votes (chance ½). Best–worst: picked as best (chance 1/k). Ranking: ranked best alone, over
-    the rankings with one candidate on top (chance 1/k); a tie on top is left out, as a pairwise
-    tie is. Ratings have no winner."""
+def _position_bias(kind: str, votes: list[Vote]) -> dict[str, Any]:
+    """`agreement.position_bias` over the votes with a single winner: did the first-shown
+    candidate win? Pairwise: decisive votes (chance ½). Best–worst: picked as best (chance 1/k).
+    Ranking: ranked best alone, over the rankings with one candidate on top (chance 1/k); a tie on
+    top is left out, as a pairwise tie is. Ratings have no winner."""
+    answered = [v for v in votes if v.answer is not None]
     if kind in PAIR_KINDS:
-        return [v.answer["first_shown_won"] for v in votes
-                if v.answer is not None and v.answer["winner"] is not None]
-    if kind == "bws":
-        return [v.answer["best"] == v.display_order[0] for v in votes if v.answer is not None]
-    if kind == "ranking":
-        return [v.answer["ranks"][v.display_order[0]] == 1 for v in votes
-                if v.answer is not None and v.answer["ranks"] is not None
-                and v.answer["ranks"].count(1) == 1]
-    return []
+        counted = [(v.answer["first_shown_won"], v) for v in answered if v.answer["winner"] is not None]
+    elif kind == "bws":
+        counted = [(v.answer["best"] == v.display_order[0], v) for v in answered]
+    elif kind == "ranking":
+        counted = [(v.answer["ranks"][v.display_order[0]] == 1, v) for v in answered
+                   if v.answer["ranks"] is not None and v.answer["ranks"].count(1) == 1]
+    else:
+        counted = []
+    return ag.position_bias([won for won, _ in counted], [len(v.display_order) for _, v in counted])
 
 
 def _gold(kind: str, votes: list[Vote]) -> dict[str, Any]:
@@ -186,7 +187,7 @@ def annotator_rows(kind: str, votes: list[Vote], settings: Any, active: dict[str
             "annotator": name, "pseudonym": mine[0].pseudonym if mine else None,
             "active": active[name], "votes": len(voted), "skips": len(mine) - len(voted),
             "median_seconds": med, "gold_accuracy": gold["accuracy"], "gold_n": gold["n"],
-            "position_bias": ag.position_bias(_first_won(kind, voted))["p_first_wins"],
+            "position_bias": _position_bias(kind, voted)["p_first_wins"],
             "self_consistency": self_consistency(kind, voted)["value"],
             "agreement_with_others": sum(agree) / len(agree) if agree else None,
             "flags": flags})
@@ -218,7 +219,7 @@ def project_report(engine: Engine, name: str) -> dict[str, Any]:
         "annotators": sum(not n.startswith(JUDGE_PREFIX) for n in active),
         "median_seconds": _median([v.seconds for v in voted if v.seconds is not None]),
         "agreement": agreement_figures(proj.kind, voted),
-        "position_bias": ag.position_bias(_first_won(proj.kind, voted)),
+        "position_bias": _position_bias(proj.kind, voted),
         "self_consistency": self_consistency(proj.kind, voted),
         "gold": _gold(proj.kind, voted),
         "annotator_stats": annotator_rows(proj.kind, votes, settings,

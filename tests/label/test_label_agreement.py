@@ -71,7 +71,8 @@ def test_wilson_interval_matches_statsmodels():
     lo, hi = ag.wilson_interval(8, 10)
     ref = proportion_confint(8, 10, alpha=0.05, method="wilson")
     assert (lo, hi) == pytest.approx(ref, rel=1e-6)
-    assert ag.position_bias([True] * 8 + [False] * 2)["p_first_wins"] == 0.8
+    bias = ag.position_bias([True] * 8 + [False] * 2, [2] * 6 + [4] * 4)
+    assert bias["p_first_wins"] == 0.8 and bias["chance"] == pytest.approx((6 / 2 + 4 / 4) / 10)
 
 
 def test_win_rate_ties_half_hand():

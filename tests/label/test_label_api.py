@@ -277,7 +277,7 @@ def test_new_batch_while_live(engine, client_for):
     s = make_setup(engine, n=1, annotators=("alice",), settings=projects.ProjectSettings(overlap=1))
     c = client_for(engine)
     assert len(vote_all(c, s, "alice")) == 1
-    assert projects.add_batch(engine, "proj", candidate_sets(2, prefix="q")) == 2
+    assert projects.add_batch(engine, "proj", candidate_sets(2, prefix="q")).tasks == 2
     assert len(vote_all(c, s, "alice")) == 2
 
 

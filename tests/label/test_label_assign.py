@@ -7,6 +7,8 @@ from __future__ import annotations
 import random
 import threading
 
+import pytest
+
 from labelkit import candidate_sets, make_setup
 from sqlalchemy import select
 
@@ -204,4 +206,5 @@ def test_ranking_position_bias_counts_the_first_shown_candidate_ranked_best_alon
         _vote(engine, alice, task["task_id"], ranking=ranking)
     rep = project_report(engine, "proj")
     assert (rep["position_bias"]["p_first_wins"], rep["position_bias"]["n"]) == (0.5, 2)
+    assert rep["position_bias"]["chance"] == pytest.approx(1 / 3)  # three shown each time
     assert rep["annotator_stats"][0]["position_bias"] == 0.5

@@ -34,7 +34,7 @@ def _write(tmp_path: Path, rows: list, name: str = "c.jsonl") -> Path:
     return path
 
 
-def _create(engine, path: Path, kind: str = "pairwise", **settings) -> int:
+def _create(engine, path: Path, kind: str = "pairwise", **settings) -> projects.BatchAdded:
     sets, source = projects.read_candidate_file(path)
     return projects.create_project(engine, "p", kind, sets, settings=projects.ProjectSettings(
         **settings), source=source)
@@ -100,8 +100,6 @@ def test_gold_of_the_wrong_length_names_the_line(engine, tmp_path):
 
 @pytest.mark.parametrize(("kind", "row", "why"), [
     ("rating", _set("b", texts=(), models=()), "rating needs ≥ 1 candidate"),
-    ("ab_eval", _set("b", models=("sft", "sft")), "ab_eval needs candidates from ≥ 2 models"),
-    ("ab_eval", _set("b", texts=("x",), models=("sft",)), "ab_eval needs candidates from ≥ 2"),
     ("pairwise", _set("b", texts=("x",)), "pairwise needs ≥ 2 candidates"),
 ])
 def test_sets_that_give_no_task_are_refused(engine, tmp_path, kind, row, why):
@@ -109,6 +107,21 @@ def test_sets_that_give_no_task_are_refused(engine, tmp_path, kind, row, why):
     with pytest.raises(projects.ProjectError, match=re.escape(f"{path}:2: prompt_id 'b': {why}")):
         _create(engine, path, kind)
     assert _tasks(engine) == []  # nothing half-imported
+
+
+def test_ab_eval_sets_from_one_model_are_left_out_and_named(engine, tmp_path):
+    """`rlhfkit sample` keeps one copy of a text two variants share, so a set can end up with
+    candidates from one model: it gives no A/B task, is counted, and the CLI names it."""
+    path = _write(tmp_path, [_set("a"), _set("b", models=("sft", "sft")), _set("c", texts=("x",), models=("sft",))])
+    added = _create(engine, path, "ab_eval")
+    assert (added.tasks, added.sets_without_task) == (1, ["b", "c"]) and len(_tasks(engine)) == 1
+    result = _cli(tmp_path, "create-project", "q", "--kind", "ab_eval", "--candidates", str(path))
+    assert result.exit_code == 0 and "1 tasks" in result.output
+    assert "left out 2 candidate sets whose candidates all come from one model" in result.output
+    assert "'b', 'c'" in result.output
+    only_one_model = _write(tmp_path, [_set("b", models=("sft", "sft"))], "one.jsonl")
+    with pytest.raises(projects.ProjectError, match=f"{only_one_model}: no set gives a task"):
+        projects.add_batch(engine, "p", *projects.read_candidate_file(only_one_model))
 
 
 def test_empty_file_is_refused(engine, tmp_path):

@@ -57,7 +57,7 @@ def test_not_rankable_tasks_are_counted_not_dropped(engine):
         _vote(engine, s.tokens[name], lambda pos, n=name: {"not_rankable": True} if n == "alice"
               else {"ranking": [[pos[0]], [pos[1]], [pos[2]]]})
     raw = export_project(engine, "proj", "raw")
-    assert (len(raw.records), raw.left_out, raw.left_out_what) == (1, 3, "not-rankable votes")
+    assert (len(raw.records), raw.left_out, raw.left_out_what) == (1, 3, "not-rankable votes without a ranking record")
     agg = export_project(engine, "proj", "aggregated")
     assert [r.ranks for r in agg.records] == [[1, 2, 3]]
     assert (agg.left_out, agg.left_out_what) == (1, "tasks whose every vote was not-rankable")
@@ -129,6 +129,7 @@ def test_ranking_and_bws_edit_is_a_two_response_ranking(engine, kind, k, answer_
     assert all(isinstance(e, Ranking) and e.ranks == [1, 2] and e.responses[0] == "a fixed answer"
                for e in edits)
     assert sorted(e.responses[1] for e in edits) == rejected
+    assert all(e.meta["shown_order"] is None and len(v.meta["shown_order"]) == k for e in edits for v in votes)
 
 
 def test_rating_edit_travels_in_meta(engine):
@@ -139,9 +140,10 @@ def test_rating_edit_travels_in_meta(engine):
     assert isinstance(rec, Rating) and rec.meta["edited"] == "a fixed answer"
 
 
-def test_an_edit_equal_to_the_response_adds_no_comparison(engine):
+@pytest.mark.parametrize("edited", ["answer 0.1\n", " answer 0.0"])  # the winner's text, the loser's
+def test_an_edit_equal_to_a_shown_response_adds_no_comparison(engine, edited):
     s = make_setup(engine, n=1)
-    _vote(engine, s.tokens["alice"], _pair(1, edited="answer 0.1\n"))
+    _vote(engine, s.tokens["alice"], _pair(1, edited=edited))
     edits, votes = _edits(engine)
     assert (edits, len(votes)) == ([], 1)
 

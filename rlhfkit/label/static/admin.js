@@ -67,6 +67,7 @@ async function loadReport() {
   fillRows($("bias"), [
     ["p_first_wins", "P(first shown wins)", r.position_bias.p_first_wins],
     ["p_first_ci95", "95 % interval", r.position_bias.ci95],
+    ["p_first_chance", "Chance level (mean 1/k)", r.position_bias.chance],
     ["self_consistency", "Self-consistency on repeats", r.self_consistency.value],
     ["self_consistency_n", "Repeats answered", r.self_consistency.n],
   ]);
