@@ -49,16 +49,16 @@ StorableText = Annotated[str, AfterValidator(_storable)]
 
 
 def _not_blank(text: str) -> str:
-    # A whitespace-only critique or edit carries nothing; stored, a blank edit would become an
-    # invalid `chosen` at export. Refused here so the client learns it (422) at vote time.
+    # A whitespace-only critique, edit or skip reason carries nothing; stored, a blank edit would
+    # become an invalid `chosen` at export. Refused here so the client learns it (422) at once.
     if not text.strip():
         raise ValueError("must not be blank (leave the field out instead)")
     return text
 
 
-OptionalText = Annotated[StorableText, AfterValidator(_not_blank),
+NonBlankText = Annotated[StorableText, AfterValidator(_not_blank),
                          Field(json_schema_extra={"pattern": r"\S"})]
-"""Storable text with more than whitespace (critique, edited response). The schema says so too
+"""Storable text with more than whitespace (critique, edited response, skip reason). The schema says so too
 (`\\S` is `not str.isspace()` in Python's `re`), so schema-driven clients and fuzzers know."""
 
 
@@ -85,9 +85,9 @@ class VoteIn(BaseModel):
     """Best–worst: shown position of the best response."""
     worst: int | None = Field(None, ge=1, le=MAX_K)
     """Best–worst: shown position of the worst response."""
-    critique: OptionalText | None = Field(None, max_length=MAX_CRITIQUE_CHARS)
+    critique: NonBlankText | None = Field(None, max_length=MAX_CRITIQUE_CHARS)
     """Optional free-text critique."""
-    edited: OptionalText | None = Field(None, max_length=MAX_EDIT_CHARS)
+    edited: NonBlankText | None = Field(None, max_length=MAX_EDIT_CHARS)
     """Optional edited (improved) version of the response(s) put first: the preferred one, the
     best-ranked, the best, the rated one; on a tie, both-bad or not-rankable answer, all shown."""
     elapsed_ms: int | None = Field(None, ge=0, le=86_400_000)
@@ -97,7 +97,7 @@ class VoteIn(BaseModel):
 class SkipIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: StorableText = Field(min_length=1, max_length=MAX_SKIP_REASON_CHARS)
+    reason: NonBlankText = Field(max_length=MAX_SKIP_REASON_CHARS)
     """Why the task was skipped (free text)."""
 
 

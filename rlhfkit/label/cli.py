@@ -199,11 +199,18 @@ def stats(project: str = typer.Argument(...), as_json: bool = typer.Option(False
                f"median {_f(rep['median_seconds'])} s/item")
     typer.echo(f"agreement: raw {_f(a['raw'])} (without ties {_f(a['raw_without_ties'])}), "
                f"Cohen κ {_f(a['cohen_kappa'])}, Fleiss κ {_f(a['fleiss_kappa'])}, "
-               f"Krippendorff α {_f(a['krippendorff_alpha'])}")
+               f"Krippendorff α {_f(a['krippendorff_alpha'])}"
+               + (f", Kendall τ-b {_f(a['kendall_tau'])}" if a.get("kendall_tau") is not None else ""))
     typer.echo(f"P(first shown wins) {_f(rep['position_bias']['p_first_wins'])} "
                f"(chance {_f(rep['position_bias']['chance'])}), "
                f"self-consistency {_f(rep['self_consistency']['value'])}, "
                f"gold accuracy {_f(rep['gold']['accuracy'])}")
+    for pair in (rep.get("ab_eval") or {}).get("pairs", []):
+        typer.echo(f"A/B {pair['model_a']} vs {pair['model_b']}: win rate {_f(pair['win_rate'])} "
+                   f"(95 % {pair['ci95']}, n {pair['n']}, ties {pair['ties']})")
+    for judge, agreement in (rep["judge_agreement"] or {}).items():
+        typer.echo(f"judge {judge}: agreement with people {_f(agreement['raw'])} "
+                   f"(without ties {_f(agreement['raw_without_ties'])}, {agreement['pairs']} pairs)")
     for row in rep["annotator_stats"]:
         typer.echo(f"  {row['annotator']:<20} votes {row['votes']:>5}  median "
                    f"{_f(row['median_seconds'])} s  gold {_f(row['gold_accuracy'])}  "

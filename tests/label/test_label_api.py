@@ -117,6 +117,7 @@ def test_malformed_requests_never_500(engine, client_for):
     big = c.post(url, headers=h, content=b" " * (MAX_BODY_BYTES + 1))
     assert big.status_code == 413 and "too large" in big.json()["detail"]
     assert c.post(f"/api/v1/tasks/{t['task_id']}/skip", headers=h, json={"reason": ""}).status_code == 422
+    assert c.post(f"/api/v1/tasks/{t['task_id']}/skip", headers=h, json={"reason": " \n "}).status_code == 422
 
 
 def test_idor_other_annotators_tasks_and_votes_are_invisible(engine, client_for):

@@ -213,6 +213,10 @@ def test_ab_eval_report(tmp_path):
     assert (pair["model_a"], pair["model_b"], pair["n"], pair["ties"]) == ("ppo", "sft", 8, 4)
     assert pair["win_rate"] == pytest.approx(0.75)
     assert rep["agreement"]["raw"] == 0.0 and rep["agreement"]["raw_without_ties"] is None
+    from rlhfkit.label.cli import app
+
+    text = CliRunner().invoke(app, ["stats", "proj", "--dir", str(tmp_path)]).output  # the summary shows it too
+    assert "A/B ppo vs sft: win rate 0.750" in text and "n 8, ties 4" in text
 
 
 def test_cli_round_trip(tmp_path):
