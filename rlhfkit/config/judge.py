@@ -142,10 +142,10 @@ class JudgeLabelConfig(Section):
             raise ValueError("margin=score_gap needs a scoring judge (callable or reward_model)")
         if list(self.strength_cuts) != sorted(self.strength_cuts) or not 0.5 <= self.strength_cuts[0]:
             raise ValueError("strength_cuts must be increasing probabilities ≥ 0.5")
-        self._no_unread_pair_fields()
+        self._no_unread_fields()
         return self
 
-    def _no_unread_pair_fields(self) -> None:
+    def _no_unread_fields(self) -> None:
         """Refuse pair options the labelling will not read (`label_pairs` alone reads them), and
         rating cuts outside rating mode."""
         if self.mode != "rating":

@@ -170,12 +170,12 @@ def authenticate(conn: Connection, token: str,
     return who
 
 
-def display_order(seed: int, task_id: int, slot: int, k: int) -> list[int]:
-    """Canonical candidate index shown at each position: seeded base permutation rotated by slot."""
+def base_order(seed: int, task_id: int, k: int) -> list[int]:
+    """The task's seeded base permutation of its k candidates; each assignment shows a rotation
+    of it (`least_used_rotation`)."""
     base = list(range(k))
     random.Random(f"{seed}:{task_id}").shuffle(base)
-    r = slot % k
-    return base[r:] + base[:r]
+    return base
 
 
 def least_used_rotation(base: list[int], shown_first: Iterable[int]) -> int:
@@ -277,8 +277,7 @@ def _claim(conn: Connection, who: Annotator, seq: int, now: float,
             return None
         got = _CLAIM[gold](conn, params).first()
         retries += 1
-    k = len(got.candidate_ids)
-    base = display_order(who.seed, got.id, 0, k)
+    base = base_order(who.seed, got.id, len(got.candidate_ids))
     rotation = 0
     # `n_assigned` counts the task's live assignments, ours included: only when others are live
     # is there a rotation to avoid. Our claim holds the task row (the UPDATE's lock on
